@@ -1,0 +1,62 @@
+/* Connections and cross-thread work.
+ *
+ * Each connection is served by one proactor thread at a time (its owner for
+ * that moment).  Other threads never touch its proton objects: they post a
+ * work item (hd_conn_post), which wakes the connection, and the item runs on
+ * the owner thread.  c->lock guards only `alive` and the work list. */
+#ifndef HD_CONN_H
+#define HD_CONN_H
+
+#include <proton/connection.h>
+#include <proton/event.h>
+#include <proton/transport.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hadron/module.h"
+#include "server.h"
+
+typedef struct hd_work {
+  struct hd_work *next;
+  void (*run)(struct hd_work *w); /* owner thread */
+  bool queued;                    /* [c->lock] */
+} hd_work_t;
+
+typedef struct hd_conn {
+  uint64_t id;
+  pn_connection_t *pn; /* owner thread */
+  pn_transport_t *transport;
+  hd_listener_t *listener;
+  pthread_mutex_t lock;
+  bool alive;                    /* [lock] pn may be woken */
+  hd_work_t *work_head, *work_tail; /* [lock] */
+  hd_work_t flow_work;           /* gives producers credit back */
+  hd_work_t drain_work;          /* closes the connection at shutdown */
+  bool flow_blocked;             /* [registry lock] */
+  uint32_t sessions, links;      /* owner thread */
+  const char *refuse_cond;       /* set at accept when over a limit */
+  char refuse_desc[200];
+  hd_conn_info_t info;
+  char remote[96];
+  char *user, *container, *tls_subject;
+  struct hd_conn *reg_next, *reg_prev; /* registry */
+} hd_conn_t;
+
+/* Accept a pending connection on l (PN_LISTENER_ACCEPT). */
+void hd_conn_accept(hd_listener_t *l);
+/* Connection, session, link, delivery and transport events. */
+void hd_conn_event(pn_event_t *e);
+/* Run w on c's owner thread soon.  Any thread. */
+void hd_conn_post(hd_conn_t *c, hd_work_t *w);
+/* Take w off c's work list if it is there (owner thread, before freeing w). */
+void hd_conn_unpost(hd_conn_t *c, hd_work_t *w);
+
+/* Every connection: close at shutdown, or give producers credit again. */
+void hd_conns_drain(void);
+void hd_conns_resume_flow(void);
+/* Remember that c has a producer waiting for memory (owner thread). */
+void hd_conn_flow_blocked(hd_conn_t *c);
+size_t hd_conns_count(void);
+
+#endif

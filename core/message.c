@@ -1,0 +1,300 @@
+#include "config.h"
+
+#include "message.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "hadron/module.h"
+
+static _Atomic int64_t mem_used;
+static int64_t mem_high = INT64_MAX, mem_low = INT64_MAX;
+static void (*mem_on_low)(void);
+
+int64_t hd_msg_mem_used(void) { return atomic_load_explicit(&mem_used, memory_order_relaxed); }
+
+void hd_msg_mem_watch(int64_t high, int64_t low, void (*on_low)(void)) {
+  mem_high = high;
+  mem_low = low;
+  mem_on_low = on_low;
+}
+
+hd_msg_t *hd_msg_alloc(size_t len) {
+  if (len > UINT32_MAX) return NULL;
+  hd_msg_t *m = malloc(sizeof *m + len);
+  if (!m) return NULL;
+  memset(m, 0, sizeof *m);
+  atomic_init(&m->refs, 1);
+  m->len = (uint32_t)len;
+  m->priority = 4;
+  atomic_fetch_add_explicit(&mem_used, (int64_t)(sizeof *m + len), memory_order_relaxed);
+  return m;
+}
+
+void hd_msg_unref(hd_msg_t *m) {
+  if (!m || atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) != 1) return;
+  int64_t sz = (int64_t)(sizeof *m + m->len);
+  free(m);
+  int64_t before = atomic_fetch_sub_explicit(&mem_used, sz, memory_order_relaxed);
+  /* Only the free that crosses the low-water mark pays for the wake-up. */
+  if (before >= mem_low && before - sz < mem_low && mem_on_low) mem_on_low();
+}
+
+/* Map a symbolic section descriptor to its numeric code. */
+static uint64_t section_code(const uint8_t *sym, size_t len) {
+  static const char *const names[] = {
+      "amqp:header:list",     "amqp:delivery-annotations:map", "amqp:message-annotations:map",
+      "amqp:properties:list", "amqp:application-properties:map", "amqp:data:binary",
+      "amqp:amqp-sequence:list", "amqp:amqp-value:*",          "amqp:footer:map"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (strlen(names[i]) == len && memcmp(names[i], sym, len) == 0) return 0x70 + i;
+  return UINT64_MAX;
+}
+
+static int parse_header(hd_msg_t *m, hd_rd_t *r, uint64_t now_ms) {
+  uint32_t n;
+  hd_rd_t l;
+  if (!hd_rd_compound(r, false, &n, &l)) return HD_EPROTO;
+  bool b, present;
+  uint64_t v;
+  if (n > 0) {
+    if (!hd_rd_bool(&l, &b, NULL)) return HD_EPROTO;
+    if (b) m->flags |= HD_MSG_DURABLE;
+  }
+  if (n > 1) {
+    if (!hd_rd_u64(&l, &v, &present)) return HD_EPROTO;
+    if (present) {
+      m->priority = (uint8_t)(v > 255 ? 255 : v);
+      m->flags |= HD_MSG_HAS_PRIORITY;
+    }
+  }
+  if (n > 2) {
+    if (!hd_rd_u64(&l, &v, &present)) return HD_EPROTO;
+    if (present) {
+      m->ttl = (uint32_t)v;
+      m->flags |= HD_MSG_HAS_TTL;
+      m->expiry_ms = now_ms + v;
+    }
+  }
+  if (n > 3 && !hd_rd_bool(&l, &b, NULL)) return HD_EPROTO; /* first-acquirer: ours to set */
+  if (n > 4) {
+    if (!hd_rd_u64(&l, &v, NULL)) return HD_EPROTO;
+    m->delivery_count = (uint32_t)v;
+  }
+  return 0;
+}
+
+static int parse_properties(hd_msg_t *m, hd_rd_t *r) {
+  uint32_t n;
+  hd_rd_t l;
+  if (!hd_rd_compound(r, false, &n, &l)) return HD_EPROTO;
+  for (uint32_t i = 0; i < n; i++) {
+    const uint8_t *start = l.p;
+    if (i == 0) { /* message-id: kept encoded, for duplicate detection */
+      if (!hd_rd_skip(&l)) return HD_EPROTO;
+      if (*start != HD_AMQP_NULL) {
+        m->id_off = (uint32_t)(start - m->buf);
+        m->id_len = (uint32_t)(l.p - start);
+      }
+    } else if (i == 2) { /* to */
+      const uint8_t *s;
+      size_t len;
+      bool present;
+      if (!hd_rd_bytes(&l, &s, &len, &present)) return HD_EPROTO;
+      if (present) {
+        m->to_off = (uint32_t)(s - m->buf);
+        m->to_len = (uint32_t)len;
+      }
+    } else if (i == 8) { /* absolute-expiry-time */
+      uint64_t v;
+      bool present;
+      if (!hd_rd_u64(&l, &v, &present)) return HD_EPROTO;
+      if (present && v && (!m->expiry_ms || v < m->expiry_ms)) m->expiry_ms = v;
+    } else {
+      if (!hd_rd_skip(&l)) return HD_EPROTO;
+    }
+  }
+  return 0;
+}
+
+int hd_msg_parse(hd_msg_t *m, uint64_t now_ms, const char **why) {
+  hd_rd_t r = hd_rd(m->buf, m->len);
+  uint64_t last = 0;
+  bool body = false;
+  m->bare_off = m->len;
+  if (m->len == 0) {
+    *why = "empty message: a message needs at least a body section";
+    return HD_EPROTO;
+  }
+  while (hd_rd_left(&r)) {
+    const uint8_t *start = r.p;
+    if (*r.p++ != HD_AMQP_DESCRIBED) {
+      *why = "message section is not a described type";
+      return HD_EPROTO;
+    }
+    uint64_t code;
+    const uint8_t *sym;
+    size_t symlen;
+    if (!hd_rd_descriptor(&r, &code, &sym, &symlen)) {
+      *why = "unreadable section descriptor";
+      return HD_EPROTO;
+    }
+    if (code == UINT64_MAX) code = section_code(sym, symlen);
+    if (code < HD_SEC_HEADER || code > HD_SEC_FOOTER) {
+      *why = "unknown message section";
+      return HD_EPROTO;
+    }
+    bool repeatable = code == HD_SEC_DATA || code == HD_SEC_SEQUENCE;
+    if (code < last || (code == last && !repeatable)) {
+      *why = "message sections out of order or repeated";
+      return HD_EPROTO;
+    }
+    if (code >= HD_SEC_PROPERTIES && m->bare_off == m->len) m->bare_off = (uint32_t)(start - m->buf);
+    int rc = 0;
+    switch (code) {
+    case HD_SEC_HEADER: rc = parse_header(m, &r, now_ms); break;
+    case HD_SEC_PROPERTIES: rc = parse_properties(m, &r); break;
+    case HD_SEC_DELIVERY_ANN:
+    case HD_SEC_MESSAGE_ANN:
+    case HD_SEC_APP_PROPERTIES:
+    case HD_SEC_FOOTER: {
+      uint32_t n;
+      hd_rd_t inner;
+      if (!hd_rd_compound(&r, true, &n, &inner)) rc = HD_EPROTO;
+      if (code == HD_SEC_MESSAGE_ANN) {
+        m->ma_off = (uint32_t)(start - m->buf);
+        m->ma_len = (uint32_t)(r.p - start);
+      }
+      break;
+    }
+    default:
+      body = true;
+      if (!hd_rd_skip(&r)) rc = HD_EPROTO;
+      break;
+    }
+    if (rc || r.err) {
+      *why = "malformed message section";
+      return HD_EPROTO;
+    }
+    last = code;
+  }
+  (void)body;
+  return 0;
+}
+
+size_t hd_msg_header(const hd_msg_t *m, uint32_t delivery_count, bool first_acquirer,
+                     uint8_t out[32]) {
+  hd_wr_t w;
+  hd_wr_init(&w, out, 32);
+  hd_wr_descriptor(&w, HD_SEC_HEADER);
+  /* Only as many fields as needed; defaults in between are null. */
+  uint32_t n = delivery_count ? 5 : first_acquirer ? 4 : (m->flags & HD_MSG_HAS_TTL) ? 3
+             : (m->flags & HD_MSG_HAS_PRIORITY) ? 2 : (m->flags & HD_MSG_DURABLE) ? 1 : 0;
+  uint8_t hdr[3] = {HD_AMQP_LIST8, 0, (uint8_t)n};
+  size_t mark = w.len;
+  hd_wr_raw(&w, hdr, 3);
+  if (n > 0) {
+    if (m->flags & HD_MSG_DURABLE) hd_wr_bool(&w, true); else hd_wr_null(&w);
+  }
+  if (n > 1) {
+    if (m->flags & HD_MSG_HAS_PRIORITY) hd_wr_ubyte(&w, m->priority); else hd_wr_null(&w);
+  }
+  if (n > 2) {
+    if (m->flags & HD_MSG_HAS_TTL) hd_wr_uint(&w, m->ttl); else hd_wr_null(&w);
+  }
+  if (n > 3) hd_wr_bool(&w, first_acquirer);
+  if (n > 4) hd_wr_uint(&w, delivery_count);
+  out[mark + 1] = (uint8_t)(w.len - mark - 2);
+  return w.len;
+}
+
+/* Does the encoded key at k equal any key among `entries`? Keys compare by
+ * their type class and bytes, so sym8 "x" equals sym32 "x". */
+static bool key_bytes(hd_rd_t *r, int *cls, const uint8_t **p, size_t *n) {
+  int c = hd_rd_peek(r);
+  if (c == HD_AMQP_SYM8 || c == HD_AMQP_SYM32 || c == HD_AMQP_STR8 || c == HD_AMQP_STR32) {
+    *cls = (c == HD_AMQP_SYM8 || c == HD_AMQP_SYM32) ? 1 : 2;
+    return hd_rd_bytes(r, p, n, NULL);
+  }
+  const uint8_t *s = r->p;
+  if (!hd_rd_skip(r)) return false;
+  *cls = 3;
+  *p = s;
+  *n = (size_t)(r->p - s);
+  return true;
+}
+
+static bool key_in(int cls, const uint8_t *k, size_t kn, const uint8_t *entries, size_t len,
+                   uint32_t count) {
+  hd_rd_t r = hd_rd(entries, len);
+  for (uint32_t i = 0; i < count; i += 2) {
+    int c2;
+    const uint8_t *p;
+    size_t n;
+    if (!key_bytes(&r, &c2, &p, &n) || !hd_rd_skip(&r)) return false;
+    if (c2 == cls && n == kn && memcmp(p, k, n) == 0) return true;
+  }
+  return false;
+}
+
+hd_msg_t *hd_msg_annotate(const hd_msg_t *m, const uint8_t *entries, size_t len, uint32_t count) {
+  hd_wr_t w;
+  hd_wr_init(&w, NULL, 0);
+  hd_wr_descriptor(&w, HD_SEC_MESSAGE_ANN);
+  size_t mark = hd_wr_begin(&w, HD_AMQP_MAP32);
+  uint32_t n = 0;
+  if (m->ma_len) {
+    hd_rd_t r = hd_rd(m->buf + m->ma_off, m->ma_len);
+    uint64_t code;
+    const uint8_t *sym;
+    size_t symlen;
+    uint32_t items;
+    hd_rd_t inner;
+    r.p++; /* 0x00 */
+    if (!hd_rd_descriptor(&r, &code, &sym, &symlen) || !hd_rd_compound(&r, true, &items, &inner)) {
+      hd_wr_free(&w);
+      return NULL;
+    }
+    for (uint32_t i = 0; i < items; i += 2) {
+      const uint8_t *kstart = inner.p, *k;
+      size_t kn;
+      int cls;
+      if (!key_bytes(&inner, &cls, &k, &kn) || !hd_rd_skip(&inner)) {
+        hd_wr_free(&w);
+        return NULL;
+      }
+      if (key_in(cls, k, kn, entries, len, count)) continue;
+      hd_wr_raw(&w, kstart, (size_t)(inner.p - kstart));
+      n += 2;
+    }
+  }
+  hd_wr_raw(&w, entries, len);
+  n += count;
+  hd_wr_end(&w, mark, n);
+  if (w.err) {
+    hd_wr_free(&w);
+    return NULL;
+  }
+  /* New layout: what preceded the old annotations (header, delivery
+   * annotations), the new annotations, then the bare message. */
+  size_t pre = m->ma_len ? m->ma_off : m->bare_off;
+  size_t bare = m->len - m->bare_off;
+  hd_msg_t *c = hd_msg_alloc(pre + w.len + bare);
+  if (!c) {
+    hd_wr_free(&w);
+    return NULL;
+  }
+  memcpy(c->buf, m->buf, pre);
+  memcpy(c->buf + pre, w.buf, w.len);
+  memcpy(c->buf + pre + w.len, m->buf + m->bare_off, bare);
+  hd_wr_free(&w);
+  const char *why;
+  if (hd_msg_parse(c, 0, &why) != 0) {
+    hd_msg_unref(c);
+    return NULL;
+  }
+  c->expiry_ms = m->expiry_ms; /* ttl counts from the original arrival */
+  c->delivery_count = m->delivery_count;
+  return c;
+}
