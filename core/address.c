@@ -187,6 +187,8 @@ int hd_addr_resolve(const char *a, size_t len, hd_purpose_t purpose, hd_node_typ
     return HD_EDENIED;
   }
   bool create = spec.auto_create >= 0 ? spec.auto_create != 0 : st->auto_create;
+  /* A temporary node that has gone must not come back as a durable one. */
+  if (strncmp(name, HD_DYNAMIC_PREFIX, strlen(HD_DYNAMIC_PREFIX)) == 0) create = false;
   if (!create && !must_create) {
     refuse(ref, "amqp:not-found",
            "address '%s' does not exist and is not created on demand; declare it ([queue %s] or "
@@ -224,7 +226,7 @@ int hd_addr_resolve(const char *a, size_t len, hd_purpose_t purpose, hd_node_typ
 hd_node_t *hd_addr_dynamic(hd_node_type_t type) {
   char name[64];
   uint64_t k = atomic_fetch_add(&T.dyn_count, 1);
-  snprintf(name, sizeof name, "$tmp.%016" PRIx64 ".%" PRIu64, T.dyn_seed, k);
+  snprintf(name, sizeof name, HD_DYNAMIC_PREFIX "%016" PRIx64 ".%" PRIu64, T.dyn_seed, k);
   hd_node_opts_t none = {"", "", -1, -1};
   hd_node_t *n = hd_node_new(type, name, HD_NODE_DYNAMIC, &none, &T.st->defaults);
   pthread_rwlock_wrlock(&T.lock);

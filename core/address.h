@@ -28,6 +28,10 @@ int hd_addr_resolve(const char *address, size_t len, hd_purpose_t purpose,
                     hd_node_type_t requested, bool must_create, hd_node_t **out,
                     hd_refusal_t *ref);
 
+/* Names of temporary nodes start with this; such names are never created
+ * on demand. */
+#define HD_DYNAMIC_PREFIX "$tmp."
+
 /* A new temporary queue with a broker-chosen name; one reference. */
 hd_node_t *hd_addr_dynamic(hd_node_type_t type);
 

@@ -40,6 +40,7 @@ typedef struct hd_conn {
   hd_conn_info_t info;
   char remote[96];
   char *user, *container, *tls_subject;
+  char sasl_user[256]; /* proton keeps a pointer to the SASL user name */
   struct hd_conn *reg_next, *reg_prev; /* registry */
 } hd_conn_t;
 

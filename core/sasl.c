@@ -56,7 +56,7 @@ static void process_init(pn_transport_t *t, const char *mech, const pn_bytes_t *
       return auth_failed(t, "PLAIN", user, ulen, "user name or password too long");
     if (!hd_users_check(user, ulen, pass, plen))
       return auth_failed(t, "PLAIN", user, ulen, "unknown user or wrong password");
-    char name[256];
+    char *name = ctx(t)->sasl_user;
     memcpy(name, user, ulen);
     name[ulen] = '\0';
     pnx_sasl_set_succeeded(t, name, NULL);

@@ -1,0 +1,231 @@
+"""Test harness: start a real hadrond on a free loopback port and drive it.
+
+Every system test imports this module.  A Broker writes a config file into a
+fresh temporary directory, starts hadrond with it, waits until every
+listener has logged its address, and on stop checks that the process exited
+cleanly and that no sanitizer reported anything.
+
+Environment (set by tests/Makefile.am; defaults suit a build in the source tree):
+  HADROND            the hadrond binary
+  HADRON_MODULE_DIR  where route.so lives
+  HADRON_TEST_MODULES where the deliberately broken test modules live
+  HADRON_SRCDIR      the source tree's tests/ directory
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(os.path.dirname(HERE))
+HADROND = os.environ.get("HADROND", os.path.join(TOP, "core", "hadrond"))
+MODULE_DIR = os.environ.get("HADRON_MODULE_DIR", os.path.join(TOP, "modules", "route", ".libs"))
+TEST_MODULES = os.environ.get("HADRON_TEST_MODULES", os.path.join(TOP, "tests", "modules", ".libs"))
+SRCDIR = os.environ.get("HADRON_SRCDIR", os.path.dirname(HERE))
+SANITIZED = os.environ.get("HADRON_SANITIZE") == "1"
+
+# Under ASan everything is slower; scale waits instead of hoping.
+SLOW = 3.0 if SANITIZED else 1.0
+
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                   "WARNING: ThreadSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
+
+_LISTEN_RE = re.compile(r"listener '([^']+)', listening on (\[[^\]]+\]|[^:\s]+):(\d+)")
+
+
+class BrokerError(Exception):
+    pass
+
+
+class Broker:
+    """One hadrond process.
+
+    config: extra config text appended after the generated [broker] and
+    [listener amqp] sections.  broker: extra lines for [broker].  listener:
+    extra lines for [listener amqp].  listeners=False leaves out the
+    default listener (the caller then writes its own).
+    """
+
+    def __init__(self, config="", broker="", listener="", listeners=True, name="broker",
+                 args=(), env=None, wrapper=None, log_level="info", data_dir=None):
+        self.dir = tempfile.mkdtemp(prefix="hadron-%s-" % name)
+        self.data_dir = data_dir or os.path.join(self.dir, "data")
+        self.conf = os.path.join(self.dir, "hadron.conf")
+        self.log_path = os.path.join(self.dir, "hadrond.log")
+        self.args = list(args)
+        self.env = env
+        self.wrapper = list(wrapper or [])
+        self.proc = None
+        self.ports = {}
+        text = "[broker]\ndata-dir = %s\nmodule-dir = %s\nlog-level = %s\n%s\n" % (
+            self.data_dir, MODULE_DIR, log_level, textwrap.dedent(broker))
+        if listeners:
+            text += "[listener amqp]\nhost = 127.0.0.1\nport = 0\n%s\n" % textwrap.dedent(listener)
+        text += textwrap.dedent(config)
+        with open(self.conf, "w") as f:
+            f.write(text)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self, expect_listeners=None, timeout=10):
+        """Start and wait for the listeners (by default: every [listener])."""
+        if expect_listeners is None:
+            expect_listeners = self.listener_names()
+        env = dict(os.environ)
+        if SANITIZED:
+            env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:halt_on_error=1")
+            env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        if self.env:
+            env.update(self.env)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.wrapper + [HADROND, "-c", self.conf] + self.args,
+                                     stdout=self._log, stderr=self._log, env=env)
+        deadline = time.time() + timeout * SLOW
+        while time.time() < deadline:
+            self.ports = self._scan_ports()
+            if all(n in self.ports for n in expect_listeners):
+                return self
+            if self.proc.poll() is not None:
+                raise BrokerError("hadrond exited with %s during start-up:\n%s"
+                                  % (self.proc.returncode, self.log()))
+            time.sleep(0.02)
+        raise BrokerError("hadrond did not start listening within %ss:\n%s" % (timeout, self.log()))
+
+    def stop(self, sig=signal.SIGTERM, timeout=20, expect_code=0):
+        """Signal the broker and wait; check exit code and sanitizer output."""
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout * SLOW)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise BrokerError("hadrond did not stop within %ss after %s:\n%s"
+                              % (timeout, signal.Signals(sig).name, self.log()))
+        self._log.close()
+        self.proc = None
+        self.check_log_clean()
+        if expect_code is not None and code != expect_code:
+            raise BrokerError("hadrond exited with %s (expected %s):\n%s"
+                              % (code, expect_code, self.log()))
+        return code
+
+    def kill(self):
+        """SIGKILL: no drain, no clean-up (crash tests)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc:
+            self._log.close()
+        self.proc = None
+
+    def restart(self, **kw):
+        self.kill()
+        return self.start(**kw)
+
+    def __enter__(self):
+        if not self.proc:
+            self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.stop()
+        else:
+            self.kill()
+            sys.stderr.write("---- hadrond log (%s) ----\n%s\n" % (self.log_path, self.log()))
+        return False
+
+    # -- helpers --------------------------------------------------------------
+
+    def listener_names(self):
+        names = []
+        with open(self.conf) as f:
+            for line in f:
+                m = re.match(r"\s*\[listener\s+(\S+)\s*\]", line)
+                if m:
+                    names.append(m.group(1))
+        return names
+
+    def _scan_ports(self):
+        ports = {}
+        for m in _LISTEN_RE.finditer(self.log()):
+            ports.setdefault(m.group(1), int(m.group(3)))
+        return ports
+
+    @property
+    def port(self):
+        return self.ports.get("amqp") or next(iter(self.ports.values()))
+
+    def url(self, listener="amqp", scheme="amqp", user=None, password=None):
+        cred = ""
+        if user is not None:
+            cred = user + (":" + password if password is not None else "") + "@"
+        return "%s://%s127.0.0.1:%d" % (scheme, cred, self.ports[listener])
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern, timeout=10, count=1):
+        """Wait until `pattern` (regex) appears `count` times in the log."""
+        rx = re.compile(pattern)
+        deadline = time.time() + timeout * SLOW
+        while time.time() < deadline:
+            if len(rx.findall(self.log())) >= count:
+                return True
+            time.sleep(0.05)
+        raise AssertionError("log never matched %r %d times:\n%s" % (pattern, count, self.log()))
+
+    def check_log_clean(self):
+        text = self.log()
+        for mark in SANITIZER_MARKS:
+            if mark in text:
+                raise BrokerError("sanitizer report in hadrond output:\n%s" % text)
+
+    def reload(self):
+        self.proc.send_signal(signal.SIGHUP)
+
+
+def run_hadrond(args, timeout=20, env=None, input=None):
+    """Run hadrond to completion (--check-config, --version ...)."""
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    p = subprocess.run([HADROND] + list(args), capture_output=True, text=True, timeout=timeout * SLOW,
+                       env=e, input=input)
+    return p.returncode, p.stdout, p.stderr
+
+
+def write_file(directory, name, text):
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(text))
+    return path
+
+
+def raw_socket(port, timeout=5):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW)
+    return s
+
+
+def main():
+    """unittest entry point with automake-friendly exit codes."""
+    prog = unittest.main(exit=False, verbosity=2)
+    sys.exit(0 if prog.result.wasSuccessful() else 1)
