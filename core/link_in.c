@@ -147,7 +147,10 @@ static hd_node_t *relay_target(hd_inlink_t *in, hd_msg_t *m, hd_refusal_t *ref) 
       !atomic_load_explicit(&in->relay_node->deleted, memory_order_relaxed))
     return in->relay_node;
   hd_node_t *n = NULL;
-  if (hd_addr_resolve(to, len, HD_PURPOSE_RELAY, HD_NODE_UNSPEC, false, &n, ref) != 0) return NULL;
+  hd_node_type_t hint = m->jms_dest == 0 || m->jms_dest == 2   ? HD_NODE_QUEUE
+                        : m->jms_dest == 1 || m->jms_dest == 3 ? HD_NODE_TOPIC
+                                                               : HD_NODE_UNSPEC;
+  if (hd_addr_resolve(to, len, HD_PURPOSE_RELAY, hint, false, &n, ref) != 0) return NULL;
   hd_node_unref(in->relay_node);
   free(in->relay_addr);
   in->relay_node = n;

@@ -28,6 +28,7 @@ hd_msg_t *hd_msg_alloc(size_t len) {
   atomic_init(&m->refs, 1);
   m->len = (uint32_t)len;
   m->priority = 4;
+  m->jms_dest = 0xff;
   atomic_fetch_add_explicit(&mem_used, (int64_t)(sizeof *m + len), memory_order_relaxed);
   return m;
 }
@@ -118,6 +119,28 @@ static int parse_properties(hd_msg_t *m, hd_rd_t *r) {
   return 0;
 }
 
+/* JMS clients sending through the anonymous relay say in x-opt-jms-dest
+ * whether 'to' names a queue (0, 2) or a topic (1, 3). */
+static int scan_annotations(hd_msg_t *m, hd_rd_t *r, uint32_t n) {
+  static const char key[] = "x-opt-jms-dest";
+  for (uint32_t i = 0; i < n; i += 2) {
+    int c = hd_rd_peek(r);
+    if (c == HD_AMQP_SYM8 || c == HD_AMQP_SYM32) {
+      const uint8_t *k;
+      size_t kn;
+      if (!hd_rd_bytes(r, &k, &kn, NULL)) return HD_EPROTO;
+      if (kn == sizeof key - 1 && memcmp(k, key, kn) == 0 && hd_rd_peek(r) == 0x51 &&
+          hd_rd_left(r) >= 2) {
+        m->jms_dest = r->p[1];
+      }
+    } else if (!hd_rd_skip(r)) {
+      return HD_EPROTO;
+    }
+    if (!hd_rd_skip(r)) return HD_EPROTO;
+  }
+  return 0;
+}
+
 int hd_msg_parse(hd_msg_t *m, uint64_t now_ms, const char **why) {
   hd_rd_t r = hd_rd(m->buf, m->len);
   uint64_t last = 0;
@@ -162,9 +185,10 @@ int hd_msg_parse(hd_msg_t *m, uint64_t now_ms, const char **why) {
       uint32_t n;
       hd_rd_t inner;
       if (!hd_rd_compound(&r, true, &n, &inner)) rc = HD_EPROTO;
-      if (code == HD_SEC_MESSAGE_ANN) {
+      if (code == HD_SEC_MESSAGE_ANN && !rc) {
         m->ma_off = (uint32_t)(start - m->buf);
         m->ma_len = (uint32_t)(r.p - start);
+        rc = scan_annotations(m, &inner, n);
       }
       break;
     }

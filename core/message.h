@@ -30,6 +30,7 @@ typedef struct hd_msg {
   uint32_t delivery_count;   /* header.delivery-count as received */
   uint8_t priority;          /* header.priority (default 4) */
   uint8_t flags;
+  uint8_t jms_dest;          /* x-opt-jms-dest annotation (JMS destination type), or 0xff */
   uint64_t expiry_ms;        /* absolute wall-clock ms; 0: never */
   uint64_t store_id;         /* durable store key; 0: in memory only */
   uint8_t buf[];
