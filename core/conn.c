@@ -134,6 +134,29 @@ static void drain_run(hd_work_t *w) {
   pn_connection_close(c->pn);
 }
 
+/* A peer that never finished the handshake: drop the socket (there is no
+ * AMQP connection to send a close on). */
+static void abort_run(hd_work_t *w) {
+  hd_conn_t *c = (hd_conn_t *)((char *)w - offsetof(hd_conn_t, abort_work));
+  if (c->opened) return;
+  pn_condition_t *cond = pn_transport_condition(c->transport);
+  if (!pn_condition_is_set(cond)) {
+    pn_condition_set_name(cond, "amqp:resource-limit-exceeded");
+    pn_condition_set_description(cond, "no AMQP open within handshake-timeout");
+  }
+  pn_transport_close_tail(c->transport);
+  pn_transport_close_head(c->transport);
+}
+
+void hd_conns_check_handshakes(uint64_t now_ms) {
+  pthread_mutex_lock(&reg_lock);
+  for (hd_conn_t *c = reg_head; c; c = c->reg_next) {
+    uint32_t limit = c->listener->conf->handshake_timeout_ms;
+    if (!c->opened && limit && now_ms - c->accepted_ms > limit) hd_conn_post(c, &c->abort_work);
+  }
+  pthread_mutex_unlock(&reg_lock);
+}
+
 static void flow_run(hd_work_t *w) {
   hd_conn_t *c = (hd_conn_t *)((char *)w - offsetof(hd_conn_t, flow_work));
   hd_link_resume_producers(c);
@@ -149,7 +172,9 @@ void hd_conn_accept(hd_listener_t *l) {
   c->listener = l;
   pthread_mutex_init(&c->lock, NULL);
   c->alive = true;
+  c->accepted_ms = hd_now_mono_ms();
   c->flow_work.run = flow_run;
+  c->abort_work.run = abort_run;
   c->drain_work.run = drain_run;
   snprintf(c->remote, sizeof c->remote, "?");
   c->pn = pn_connection();
@@ -208,6 +233,7 @@ static void close_with(hd_conn_t *c, const char *cond, const char *desc) {
 
 static void on_remote_open(hd_conn_t *c) {
   pn_transport_t *t = c->transport;
+  c->opened = true;
   const char *cid = pn_connection_remote_container(c->pn);
   c->container = hd_xstrdup(cid ? cid : "");
   const char *user = pn_transport_get_user(t);
@@ -219,6 +245,9 @@ static void on_remote_open(hd_conn_t *c) {
                              .mechanism = pn_sasl_get_mech(pn_sasl(t)), .tls = c->listener->ssl != NULL,
                              .tls_subject = c->tls_subject};
   if (c->refuse_cond) return close_with(c, c->refuse_cond, c->refuse_desc);
+  if (!pn_transport_is_authenticated(t) && !(c->listener->conf->mechs & HD_MECH_ANONYMOUS))
+    return close_with(c, "amqp:unauthorized-access",
+                      "this listener requires SASL authentication; connect with a user name and password or a client certificate");
   if (hd_server_draining())
     return close_with(c, "amqp:connection:forced", "the broker is shutting down; retry later");
   hd_phase_t phases[2] = {HD_PHASE_CONN_OPEN, HD_PHASE_CONN_AUTH};
@@ -333,6 +362,18 @@ void hd_conn_event(pn_event_t *e) {
   case PN_LINK_FLOW: hd_link_flow(pn_event_link(e)); break;
   case PN_DELIVERY: hd_link_delivery(pn_event_delivery(e)); break;
   case PN_CONNECTION_WAKE: run_work(c); break;
+  case PN_TRANSPORT_TAIL_CLOSED:
+    /* End of stream.  proton waits for the rest of a half-received frame
+     * forever, so finish the transport ourselves. */
+    if (!pn_transport_head_closed(c->transport)) {
+      pn_condition_t *cond = pn_transport_condition(c->transport);
+      if (!pn_condition_is_set(cond)) {
+        pn_condition_set_name(cond, "amqp:connection:framing-error");
+        pn_condition_set_description(cond, "connection aborted by the peer");
+      }
+      pn_transport_close_head(c->transport);
+    }
+    break;
   case PN_TRANSPORT_CLOSED: on_transport_closed(c); break;
   default: break;
   }

@@ -33,6 +33,9 @@ typedef struct hd_conn {
   hd_work_t *work_head, *work_tail; /* [lock] */
   hd_work_t flow_work;           /* gives producers credit back */
   hd_work_t drain_work;          /* closes the connection at shutdown */
+  hd_work_t abort_work;          /* drops a peer stuck before open */
+  uint64_t accepted_ms;          /* monotonic */
+  bool opened;                   /* the peer's open arrived (owner thread) */
   bool flow_blocked;             /* [registry lock] */
   uint32_t sessions, links;      /* owner thread */
   const char *refuse_cond;       /* set at accept when over a limit */
@@ -59,5 +62,8 @@ void hd_conns_resume_flow(void);
 /* Remember that c has a producer waiting for memory (owner thread). */
 void hd_conn_flow_blocked(hd_conn_t *c);
 size_t hd_conns_count(void);
+/* Drop peers that have not sent open within their listener's
+ * handshake-timeout (server tick). */
+void hd_conns_check_handshakes(uint64_t now_ms);
 
 #endif

@@ -79,6 +79,7 @@ static void expire_and_report(hd_queue_t *q, void *arg) {
 static void tick(void) {
   uint64_t now = hd_now_wall_ms();
   hd_addr_each_queue(expire_and_report, &now);
+  hd_conns_check_handshakes(hd_now_mono_ms());
   hd_tick_t t = {sizeof t, hd_now_mono_ms()};
   hd_hooks_notify(HD_PHASE_TICK, &t);
 }

@@ -73,6 +73,8 @@ const hd_directive_t hd_listener_directives[] = {
      "close peers silent this long; heartbeats keep good peers alive (0: off)"},
     {"max-connections", HD_CFG_INT, 0, 0, 1000000, "0", NULL,
      "connections on this listener (0: only the broker limit)"},
+    {"handshake-timeout", HD_CFG_DURATION, 0, 0, 3600000, "10s", NULL,
+     "close peers that have not sent their AMQP open this long after connecting (0: never)"},
     HD_DIRECTIVE_END};
 
 const hd_directive_t hd_node_directives[] = {
@@ -142,6 +144,7 @@ static int build_listener(hd_settings_t *st, hd_cfg_section_t *s, char *err, siz
   l->max_sessions = (uint32_t)hd_cfg_int(s, "max-sessions");
   l->max_links = (uint32_t)hd_cfg_int(s, "max-links");
   l->idle_timeout_ms = (uint32_t)hd_cfg_int(s, "idle-timeout");
+  l->handshake_timeout_ms = (uint32_t)hd_cfg_int(s, "handshake-timeout");
   l->max_connections = (uint32_t)hd_cfg_int(s, "max-connections");
   /* Link the listener first so that failures below free it with the rest. */
   hd_listener_conf_t **tail = &st->listeners;

@@ -27,6 +27,7 @@ typedef struct hd_listener_conf {
   uint16_t channel_max;
   uint32_t max_sessions, max_links;
   uint32_t idle_timeout_ms;
+  uint32_t handshake_timeout_ms;
   uint32_t max_connections; /* 0: only the broker-wide limit */
   struct hd_listener_conf *next;
 } hd_listener_conf_t;
