@@ -200,8 +200,6 @@ static int build_node(hd_settings_t *st, hd_cfg_section_t *s, hd_node_type_t typ
   return 0;
 }
 
-static const hd_directive_t empty_table[] = {HD_DIRECTIVE_END};
-
 int hd_settings_build(hd_config_t *cfg, hd_settings_t **out, char *err, size_t errlen) {
   hd_settings_t *st = hd_xcalloc(1, sizeof *st);
   st->cfg = cfg;
@@ -273,7 +271,6 @@ int hd_settings_build(hd_config_t *cfg, hd_settings_t **out, char *err, size_t e
           rc = HD_ECONFIG;
         }
       /* The loader checks the keys against the module's own table. */
-      (void)empty_table;
     } else {
       snprintf(err, errlen,
                "%s: unknown section [%s]; sections are [broker], [listener NAME], [queue ADDRESS], "
