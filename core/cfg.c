@@ -61,11 +61,12 @@ static void note_section(parse_ctx_t *c, char *line) {
   if (*s != '[') return;
   char *end = strchr(s, ']');
   if (!end) return; /* inih reports it */
-  *end = '\0';
-  char *hdr = trim(s + 1);
+  /* Work on a copy: inih parses this very buffer after us. */
+  char copy[1100];
+  snprintf(copy, sizeof copy, "%.*s", (int)(end - s - 1), s + 1);
+  char *hdr = trim(copy);
   char kind[256] = "", name[1024] = "", extra[8] = "";
   int n = sscanf(hdr, "%255s %1023s %7s", kind, name, extra);
-  *end = ']';
   if (n < 1) {
     fail(c, "empty section header; write [kind] or [kind name]");
     return;
@@ -130,6 +131,9 @@ static int parse(parse_ctx_t *c, hd_config_t **out) {
   ini_allow_inline_comments = true;
   ini_use_stack = false;
   ini_max_line = 4096;
+  /* The reader is handed the initial buffer size; no realloc, so that it is
+   * called exactly once per line and the line count stays exact. */
+  ini_initial_alloc = 4096;
   ini_stop_on_first_error = true;
   int rc = ini_parse_stream(reader, c, handler, c);
   pthread_mutex_unlock(&ini_lock);

@@ -11,6 +11,7 @@
 static _Atomic int64_t mem_used;
 static int64_t mem_high = INT64_MAX, mem_low = INT64_MAX;
 static void (*mem_on_low)(void);
+static atomic_bool mem_was_high; /* usage reached `high` since the last low call */
 
 int64_t hd_msg_mem_used(void) { return atomic_load_explicit(&mem_used, memory_order_relaxed); }
 
@@ -29,7 +30,9 @@ hd_msg_t *hd_msg_alloc(size_t len) {
   m->len = (uint32_t)len;
   m->priority = 4;
   m->jms_dest = 0xff;
-  atomic_fetch_add_explicit(&mem_used, (int64_t)(sizeof *m + len), memory_order_relaxed);
+  int64_t now = atomic_fetch_add_explicit(&mem_used, (int64_t)(sizeof *m + len), memory_order_relaxed);
+  if (now + (int64_t)(sizeof *m + len) >= mem_high && !atomic_load_explicit(&mem_was_high, memory_order_relaxed))
+    atomic_store(&mem_was_high, true);
   return m;
 }
 
@@ -39,7 +42,8 @@ void hd_msg_unref(hd_msg_t *m) {
   free(m);
   int64_t before = atomic_fetch_sub_explicit(&mem_used, sz, memory_order_relaxed);
   /* Only the free that crosses the low-water mark pays for the wake-up. */
-  if (before >= mem_low && before - sz < mem_low && mem_on_low) mem_on_low();
+  if (before >= mem_low && before - sz < mem_low && mem_on_low && atomic_exchange(&mem_was_high, false))
+    mem_on_low();
 }
 
 /* Map a symbolic section descriptor to its numeric code. */
@@ -173,6 +177,11 @@ int hd_msg_parse(hd_msg_t *m, uint64_t now_ms, const char **why) {
       *why = "message sections out of order or repeated";
       return HD_EPROTO;
     }
+    bool is_body = code >= HD_SEC_DATA && code <= HD_SEC_VALUE;
+    if (is_body && body && code != last) {
+      *why = "a body mixes data, amqp-sequence and amqp-value sections";
+      return HD_EPROTO;
+    }
     if (code >= HD_SEC_PROPERTIES && m->bare_off == m->len) m->bare_off = (uint32_t)(start - m->buf);
     int rc = 0;
     switch (code) {
@@ -193,7 +202,6 @@ int hd_msg_parse(hd_msg_t *m, uint64_t now_ms, const char **why) {
       break;
     }
     default:
-      body = true;
       if (!hd_rd_skip(&r)) rc = HD_EPROTO;
       break;
     }
@@ -202,8 +210,8 @@ int hd_msg_parse(hd_msg_t *m, uint64_t now_ms, const char **why) {
       return HD_EPROTO;
     }
     last = code;
+    body |= is_body;
   }
-  (void)body;
   return 0;
 }
 

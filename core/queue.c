@@ -262,11 +262,23 @@ void hd_queue_pump(hd_queue_t *q, hd_consumer_t *c, int64_t link_credit, bool dr
       e = next;
     }
   }
-  /* Take the outbox; if the peer lowered its credit, give back the excess. */
+  /* Take the outbox; entries that expired on the way there are not sent. */
   b->head = c->out_head;
   b->n = c->out_count;
   c->out_head = c->out_tail = NULL;
   c->out_count = 0;
+  for (hd_entry_t **p = &b->head; *p;) {
+    hd_entry_t *e = *p;
+    if (e->msg->expiry_ms && !(e->flags & HD_ENT_COPY) && expired(e, now ? now : (now = hd_now_wall_ms()))) {
+      *p = e->next;
+      q->in_flight--; /* hd_node_expire_list counts it as taken from the list */
+      e->next = b->expired;
+      b->expired = e;
+      b->n--;
+    } else {
+      p = &e->next;
+    }
+  }
   if (link_credit < 0) link_credit = 0;
   if (b->n > link_credit) {
     hd_entry_t *e = b->head, *prev = NULL;

@@ -165,6 +165,7 @@ bool hd_users_verify(const hd_users_t *users, const char *name, size_t ulen, con
 }
 
 int hd_users_hash(const char *password, size_t plen, unsigned iterations, char *out, size_t outlen) {
+  if (iterations < 1000) return -EINVAL; /* hd_users_load would refuse the line */
   user_t u = {.kind = KIND_PBKDF2, .iter = iterations, .salt_len = 16, .hash_len = 32};
   if (RAND_bytes(u.salt, (int)u.salt_len) != 1 || !derive(&u, password, plen, u.hash)) return -EIO;
   char salt[64], hash[96];
