@@ -225,6 +225,23 @@ int hd_addr_resolve(const char *a, size_t len, hd_purpose_t purpose, hd_node_typ
   return rc;
 }
 
+hd_node_t *hd_addr_adopt(const char *address, const hd_node_opts_t *opts) {
+  hd_node_t *n = hd_node_new(HD_NODE_QUEUE, address, HD_NODE_AUTO, opts, &T.st->defaults);
+  pthread_rwlock_wrlock(&T.lock);
+  insert_locked(address, strlen(address), n);
+  pthread_rwlock_unlock(&T.lock);
+  return n;
+}
+
+void hd_addr_durable_declared(void) {
+  pthread_rwlock_wrlock(&T.lock);
+  for (size_t i = 0; i < T.nbuckets; i++)
+    for (slot_t *s = T.buckets[i]; s; s = s->next)
+      if (s->node->type == HD_NODE_QUEUE && s->node->durable)
+        hd_queue_make_durable((hd_queue_t *)s->node); /* no-op for recovered ones */
+  pthread_rwlock_unlock(&T.lock);
+}
+
 hd_node_t *hd_addr_dynamic(hd_node_type_t type) {
   char name[64];
   uint64_t k = atomic_fetch_add(&T.dyn_count, 1);

@@ -18,6 +18,7 @@
  * back as redeliveries (delivery-count + 1, first-acquirer false). */
 #include "config.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
