@@ -171,7 +171,12 @@ static int check_existing(hd_store_t *s, char *err, size_t errlen) {
   uint64_t format = 0, next = 0;
   if (!rc) rc = meta_get64(txn, s->meta, "format", &format);
   if (!rc) rc = meta_get64(txn, s->meta, "next-node", &next);
-  mdb_txn_abort(txn);
+  /* Commit, not abort: database handles opened in an aborted transaction
+   * are closed with it. */
+  if (rc)
+    mdb_txn_abort(txn);
+  else
+    rc = mdb_txn_commit(txn);
   if (rc)
     return refuse(err, errlen, s->dir, "its format record is missing or damaged (%s); it was not written by hadrond, or is corrupt",
                   lmdb_err(rc));
@@ -319,7 +324,10 @@ int hd_store_each_node(hd_store_t *s, int (*fn)(const hd_store_node_t *n, void *
   int rc = read_begin(s, &txn);
   if (rc) return refuse(err, errlen, s->dir, "cannot read: %s", lmdb_err(rc));
   MDB_cursor *c;
-  mdb_cursor_open(txn, s->nodes, &c);
+  if ((rc = mdb_cursor_open(txn, s->nodes, &c))) {
+    read_end(s, txn);
+    return refuse(err, errlen, s->dir, "cannot read its nodes: %s", lmdb_err(rc));
+  }
   MDB_val k, d;
   int result = 0;
   for (rc = mdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0 && !result; rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
@@ -364,7 +372,10 @@ long hd_store_scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
   int rc = read_begin(s, &txn);
   if (rc) return -EIO;
   MDB_cursor *c;
-  mdb_cursor_open(txn, s->msgs, &c);
+  if (mdb_cursor_open(txn, s->msgs, &c)) {
+    read_end(s, txn);
+    return -EIO;
+  }
   uint8_t kb[16];
   msg_key(kb, node, from);
   MDB_val k = {16, kb}, d;
