@@ -388,14 +388,14 @@ void hd_conn_event(pn_event_t *e) {
   case PN_TRANSPORT_TAIL_CLOSED:
     /* End of stream.  proton waits for the rest of a half-received frame
      * forever, so finish the transport ourselves. */
-    /* Only when the peer vanished without a close frame: after a normal
-     * close our own close frame must still go out. */
-    if (!pn_transport_head_closed(c->transport) && !(pn_connection_state(c->pn) & PN_REMOTE_CLOSED)) {
+    /* Only when the peer vanished without a close frame and proton found
+     * no error of its own: after a close, or a protocol error, our close
+     * frame (or protocol header) must still go out. */
+    if (!pn_transport_head_closed(c->transport) && !(pn_connection_state(c->pn) & PN_REMOTE_CLOSED) &&
+        !pn_condition_is_set(pn_transport_condition(c->transport))) {
       pn_condition_t *cond = pn_transport_condition(c->transport);
-      if (!pn_condition_is_set(cond)) {
-        pn_condition_set_name(cond, "amqp:connection:framing-error");
-        pn_condition_set_description(cond, "connection aborted by the peer");
-      }
+      pn_condition_set_name(cond, "amqp:connection:framing-error");
+      pn_condition_set_description(cond, "connection aborted by the peer");
       pn_transport_close_head(c->transport);
     }
     break;

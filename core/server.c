@@ -36,7 +36,7 @@ static struct {
   const char *config_path;
   hd_listener_t *listeners;
   atomic_int listeners_open;
-  atomic_bool shutdown_req, reload_req, resume_req, draining, stopping;
+  atomic_bool shutdown_req, reload_req, resume_req, draining, finishing, stopping;
   int exit_code;
   int nworkers;
   hd_store_t *store;
@@ -94,10 +94,14 @@ static void stop_workers(void) {
   for (int i = 0; i < S.nworkers; i++) pn_proactor_interrupt(S.proactor);
 }
 
+/* Once every peer is gone, cancel the drain deadline; proton then reports
+ * PN_PROACTOR_INACTIVE after it has released every connection, and only
+ * then do the workers stop (stopping earlier leaks what proton still holds). */
 static void maybe_finish(void) {
-  if (atomic_load(&S.draining) && hd_conns_count() == 0 && atomic_load(&S.listeners_open) == 0) {
+  if (atomic_load(&S.draining) && hd_conns_count() == 0 && atomic_load(&S.listeners_open) == 0 &&
+      !atomic_exchange(&S.finishing, true)) {
     HD_LOG(HD_LOG_NOTICE, "core", "broker, drained; stopping");
-    stop_workers();
+    pn_proactor_cancel_timeout(S.proactor);
   }
 }
 
@@ -199,7 +203,9 @@ static void handle(pn_event_t *e) {
       pn_proactor_set_timeout(S.proactor, TICK_MS);
     }
     break;
-  case PN_PROACTOR_INACTIVE: break;
+  case PN_PROACTOR_INACTIVE:
+    if (atomic_load(&S.finishing)) stop_workers();
+    break;
   case PN_TRANSPORT_CLOSED:
     hd_conn_event(e);
     maybe_finish();
