@@ -220,6 +220,9 @@ void hd_queue_dispatch_locked(hd_queue_t *q);
 /* Read messages from disk into memory when a consumer is about to run dry
  * (consumer thread, no lock held). */
 void hd_queue_depage(hd_queue_t *q);
+/* Call fn(arg) on the store's writer thread once everything submitted so
+ * far is committed (at once, on this thread, when there is no store). */
+void hd_store_after(void (*fn)(void *arg, int rc), void *arg);
 /* Store side effects of settlement (queue lock not needed). */
 void hd_queue_store_del(hd_queue_t *q, const hd_entry_t *e);
 void hd_queue_store_update(hd_queue_t *q, const hd_entry_t *e);

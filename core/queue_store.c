@@ -62,6 +62,31 @@ void hd_queue_make_durable(hd_queue_t *q) {
   hd_store_submit(store, op);
 }
 
+typedef struct after_op {
+  hd_store_op_t op;
+  void (*fn)(void *arg, int rc);
+  void *fn_arg;
+} after_op_t;
+
+static void after_done(hd_store_op_t *op, int rc) {
+  after_op_t *a = (after_op_t *)op;
+  a->fn(a->fn_arg, rc);
+  hd_store_op_free(op);
+}
+
+void hd_store_after(void (*fn)(void *arg, int rc), void *arg) {
+  if (!store) {
+    fn(arg, 0);
+    return;
+  }
+  after_op_t *a = hd_xcalloc(1, sizeof *a);
+  a->op.kind = HD_OP_BARRIER;
+  a->op.done = after_done;
+  a->fn = fn;
+  a->fn_arg = arg;
+  hd_store_submit(store, &a->op);
+}
+
 /* ---- settlement side effects ------------------------------------------------ */
 
 void hd_queue_store_del(hd_queue_t *q, const hd_entry_t *e) {
@@ -197,6 +222,7 @@ typedef struct load {
   size_t max_count, max_bytes; /* one depage read */
   uint64_t last_seq;
   bool stop_at_budget;         /* start-up: fill memory up to the budget */
+  bool persist_bump;           /* start-up: write the raised delivery counts */
   int err;
 } load_t;
 
@@ -235,6 +261,7 @@ static int load_one(const hd_store_rec_t *r, void *arg) {
   if (r->seq <= l->hwm) { /* may have been delivered before the crash */
     e->delivery_count++;
     e->flags |= HD_ENT_DELIVERED;
+    if (l->persist_bump) hd_queue_store_update(l->q, e);
   }
   if (l->tail) l->tail->next = e; else l->head = e;
   l->tail = e;
@@ -297,7 +324,7 @@ static int recover_node(const hd_store_node_t *sn, void *arg) {
   q->store_id = sn->id;
   q->hwm_done = q->hwm_asked = q->hwm_recovered = sn->hwm;
   q->next_seq = (sn->max_seq > sn->hwm ? sn->max_seq : sn->hwm) + 1;
-  load_t l = {.q = q, .hwm = sn->hwm, .stop_at_budget = true};
+  load_t l = {.q = q, .hwm = sn->hwm, .stop_at_budget = true, .persist_bump = true};
   long got = hd_store_scan(store, q->store_id, 0, SIZE_MAX, load_one, &l);
   pthread_mutex_lock(&q->lock);
   insert_all(q, l.head);
@@ -309,6 +336,16 @@ static int recover_node(const hd_store_node_t *sn, void *arg) {
     return HD_ECONFIG;
   }
   q->st.enqueued = q->available;
+  /* Every message up to the mark is loaded and its raised count written:
+   * start a new mark, so that the next crash raises only what is delivered
+   * from now on.  (Otherwise keep it; depaging raises counts in memory.) */
+  if (sn->hwm && (l.last_seq >= sn->hwm || sn->count == l.seen)) {
+    hd_store_op_t *op = hd_store_op_new(HD_OP_HWM);
+    op->node = q->store_id;
+    op->seq = 0;
+    hd_store_submit(store, op);
+    q->hwm_done = q->hwm_asked = q->hwm_recovered = 0;
+  }
   if (sn->count > l.seen) {
     q->paged = sn->count - l.seen;
     q->page_seq = l.seen ? l.last_seq + 1 : 1;

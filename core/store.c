@@ -16,12 +16,12 @@
 #include <time.h>
 
 #include "log.h"
+#include "store_format.h"
 #include "util.h"
 
 /* Operations per transaction: enough to amortise the fsync, few enough that
  * the first submitter does not wait behind a huge batch. */
 #define MAX_BATCH 8192
-#define REC_HDR 16
 
 struct hd_store {
   MDB_env *env;
@@ -41,28 +41,6 @@ struct hd_store {
   uint64_t next_space_check;
   _Atomic uint64_t commits, ops, syncs, failed, grows;
 };
-
-/* ---- encoding helpers ----------------------------------------------------- */
-
-static void put64(uint8_t *p, uint64_t v) {
-  for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
-}
-static uint64_t get64(const uint8_t *p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++) v = v << 8 | p[i];
-  return v;
-}
-static void put32(uint8_t *p, uint32_t v) {
-  for (int i = 3; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
-}
-static uint32_t get32(const uint8_t *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void msg_key(uint8_t k[16], uint64_t node, uint64_t seq) {
-  put64(k, node);
-  put64(k + 8, seq);
-}
 
 static const char *lmdb_err(int rc) { return rc == ENOSPC ? "no space left on the device" : mdb_strerror(rc); }
 
@@ -118,13 +96,13 @@ static int meta_get64(MDB_txn *txn, MDB_dbi dbi, const char *key, uint64_t *v) {
   int rc = mdb_get(txn, dbi, &k, &d);
   if (rc) return rc;
   if (d.mv_size != 8) return MDB_CORRUPTED;
-  *v = get64(d.mv_data);
+  *v = hd_get64(d.mv_data);
   return 0;
 }
 
 static int meta_put64(MDB_txn *txn, MDB_dbi dbi, const char *key, uint64_t v) {
   uint8_t b[8];
-  put64(b, v);
+  hd_put64(b, v);
   MDB_val k = {strlen(key), (void *)key}, d = {8, b};
   return mdb_put(txn, dbi, &k, &d, 0);
 }
@@ -274,8 +252,8 @@ void *hd_store_node_blob(hd_node_type_t type, const char *address, const hd_node
   uint8_t *b = hd_xcalloc(1, cap), *p = b;
   p[0] = 1; /* record version */
   p[1] = (uint8_t)type;
-  put32(p + 4, (uint32_t)o->max_deliveries);
-  put64(p + 8, (uint64_t)o->max_depth);
+  hd_put32(p + 4, (uint32_t)o->max_deliveries);
+  hd_put64(p + 8, (uint64_t)o->max_depth);
   p += 16;
   p += put_str(p, address);
   p += put_str(p, o->dead_letter_address);
@@ -308,14 +286,14 @@ static void read_end(hd_store_t *s, MDB_txn *txn) {
 
 static void read_qstat(hd_store_t *s, MDB_txn *txn, uint64_t node, uint64_t *count, uint64_t *max_seq, uint64_t *hwm) {
   uint8_t k[8];
-  put64(k, node);
+  hd_put64(k, node);
   MDB_val key = {8, k}, d;
   *count = *max_seq = *hwm = 0;
   if (mdb_get(txn, s->qstat, &key, &d) == 0 && d.mv_size == 16) {
-    *count = get64(d.mv_data);
-    *max_seq = get64((uint8_t *)d.mv_data + 8);
+    *count = hd_get64(d.mv_data);
+    *max_seq = hd_get64((uint8_t *)d.mv_data + 8);
   }
-  if (mdb_get(txn, s->hwm, &key, &d) == 0 && d.mv_size == 8) *hwm = get64(d.mv_data);
+  if (mdb_get(txn, s->hwm, &key, &d) == 0 && d.mv_size == 8) *hwm = hd_get64(d.mv_data);
 }
 
 int hd_store_each_node(hd_store_t *s, int (*fn)(const hd_store_node_t *n, void *arg), void *arg,
@@ -338,10 +316,10 @@ int hd_store_each_node(hd_store_t *s, int (*fn)(const hd_store_node_t *n, void *
         !get_str(get_str(get_str(p + 16, end, &addr), end, &dla), end, &exp)) {
       result = refuse(err, errlen, s->dir, "node record is damaged; run hadron-store check");
     } else {
-      n.id = get64(k.mv_data);
+      n.id = hd_get64(k.mv_data);
       n.type = (hd_node_type_t)p[1];
       n.address = addr;
-      n.opts = (hd_node_opts_t){dla, exp, (int)get32(p + 4), (int64_t)get64(p + 8), 1};
+      n.opts = (hd_node_opts_t){dla, exp, (int)hd_get32(p + 4), (int64_t)hd_get64(p + 8), 1};
       read_qstat(s, txn, n.id, &n.count, &n.max_seq, &n.hwm);
       result = fn(&n, arg);
     }
@@ -356,13 +334,13 @@ int hd_store_each_node(hd_store_t *s, int (*fn)(const hd_store_node_t *n, void *
 
 static int parse_rec(const MDB_val *k, const MDB_val *d, hd_store_rec_t *r) {
   const uint8_t *p = d->mv_data;
-  if (k->mv_size != 16 || d->mv_size < REC_HDR || p[0] != 1) return -1;
-  r->seq = get64((uint8_t *)k->mv_data + 8);
+  if (k->mv_size != 16 || d->mv_size < HD_REC_HDR || p[0] != 1) return -1;
+  r->seq = hd_get64((uint8_t *)k->mv_data + 8);
   r->flags = p[1];
-  r->delivery_count = get32(p + 4);
-  r->expiry_ms = get64(p + 8);
-  r->bytes = p + REC_HDR;
-  r->len = d->mv_size - REC_HDR;
+  r->delivery_count = hd_get32(p + 4);
+  r->expiry_ms = hd_get64(p + 8);
+  r->bytes = p + HD_REC_HDR;
+  r->len = d->mv_size - HD_REC_HDR;
   return 0;
 }
 
@@ -377,12 +355,12 @@ long hd_store_scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
     return -EIO;
   }
   uint8_t kb[16];
-  msg_key(kb, node, from);
+  hd_msg_key(kb, node, from);
   MDB_val k = {16, kb}, d;
   long n = 0;
   for (rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE); rc == 0 && (size_t)n < max;
        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
-    if (k.mv_size != 16 || get64(k.mv_data) != node) break;
+    if (k.mv_size != 16 || hd_get64(k.mv_data) != node) break;
     hd_store_rec_t r;
     if (parse_rec(&k, &d, &r)) {
       n = -HD_EPROTO;
@@ -474,13 +452,13 @@ static void w_put(wtxn_t *t, MDB_dbi dbi, MDB_val *k, MDB_val *d, unsigned flags
 
 static void apply_put(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
   uint8_t kb[16];
-  msg_key(kb, op->node, op->seq);
-  MDB_val k = {16, kb}, d = {REC_HDR + op->msg->len, NULL};
+  hd_msg_key(kb, op->node, op->seq);
+  MDB_val k = {16, kb}, d = {HD_REC_HDR + op->msg->len, NULL};
   if (t->rc) return;
   int rc = mdb_put(t->txn, s->msgs, &k, &d, MDB_RESERVE | MDB_NOOVERWRITE);
   bool fresh = rc == 0;
   if (rc == MDB_KEYEXIST) {
-    d.mv_size = REC_HDR + op->msg->len;
+    d.mv_size = HD_REC_HDR + op->msg->len;
     rc = mdb_put(t->txn, s->msgs, &k, &d, MDB_RESERVE);
   }
   if (rc) {
@@ -488,12 +466,12 @@ static void apply_put(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
     return;
   }
   uint8_t *p = d.mv_data;
-  memset(p, 0, REC_HDR);
+  memset(p, 0, HD_REC_HDR);
   p[0] = 1;
   p[1] = (uint8_t)op->flags;
-  put32(p + 4, op->delivery_count);
-  put64(p + 8, op->msg->expiry_ms);
-  memcpy(p + REC_HDR, op->msg->buf, op->msg->len);
+  hd_put32(p + 4, op->delivery_count);
+  hd_put64(p + 8, op->msg->expiry_ms);
+  memcpy(p + HD_REC_HDR, op->msg->buf, op->msg->len);
   stat_delta_t *sd = delta(b, op->node);
   if (sd) {
     sd->count += fresh;
@@ -505,7 +483,7 @@ static void apply_put(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
 
 static void apply_del(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
   uint8_t kb[16];
-  msg_key(kb, op->node, op->seq);
+  hd_msg_key(kb, op->node, op->seq);
   MDB_val k = {16, kb};
   if (t->rc) return;
   int rc = mdb_del(t->txn, s->msgs, &k, NULL);
@@ -520,11 +498,11 @@ static void apply_del(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
 
 static void apply_update(hd_store_t *s, wtxn_t *t, hd_store_op_t *op) {
   uint8_t kb[16];
-  msg_key(kb, op->node, op->seq);
+  hd_msg_key(kb, op->node, op->seq);
   MDB_val k = {16, kb}, d;
   if (t->rc) return;
   int rc = mdb_get(t->txn, s->msgs, &k, &d);
-  if (rc == MDB_NOTFOUND || d.mv_size < REC_HDR) return;
+  if (rc == MDB_NOTFOUND || d.mv_size < HD_REC_HDR) return;
   if (rc) {
     t->rc = rc;
     return;
@@ -536,7 +514,7 @@ static void apply_update(hd_store_t *s, wtxn_t *t, hd_store_op_t *op) {
     return;
   }
   memcpy(copy, d.mv_data, d.mv_size);
-  put32(copy + 4, op->delivery_count);
+  hd_put32(copy + 4, op->delivery_count);
   MDB_val nd = {d.mv_size, copy};
   w_put(t, s->msgs, &k, &nd, 0);
   free(copy);
@@ -544,7 +522,7 @@ static void apply_update(hd_store_t *s, wtxn_t *t, hd_store_op_t *op) {
 
 static void apply_node_del(hd_store_t *s, wtxn_t *t, hd_store_op_t *op) {
   uint8_t nk[8];
-  put64(nk, op->node);
+  hd_put64(nk, op->node);
   MDB_val k = {8, nk};
   if (t->rc) return;
   mdb_del(t->txn, s->nodes, &k, NULL);
@@ -553,11 +531,11 @@ static void apply_node_del(hd_store_t *s, wtxn_t *t, hd_store_op_t *op) {
   MDB_cursor *c;
   if ((t->rc = mdb_cursor_open(t->txn, s->msgs, &c))) return;
   uint8_t kb[16];
-  msg_key(kb, op->node, 0);
+  hd_msg_key(kb, op->node, 0);
   MDB_val mk = {16, kb}, d;
   int rc;
   for (rc = mdb_cursor_get(c, &mk, &d, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(c, &mk, &d, MDB_NEXT)) {
-    if (mk.mv_size != 16 || get64(mk.mv_data) != op->node) break;
+    if (mk.mv_size != 16 || hd_get64(mk.mv_data) != op->node) break;
     if ((rc = mdb_cursor_del(c, 0))) break;
   }
   if (rc && rc != MDB_NOTFOUND) t->rc = rc;
@@ -570,12 +548,12 @@ static void recount(hd_store_t *s, wtxn_t *t, uint64_t node, uint64_t *count, ui
   *count = *max_seq = 0;
   if (t->rc || (t->rc = mdb_cursor_open(t->txn, s->msgs, &c))) return;
   uint8_t kb[16];
-  msg_key(kb, node, 0);
+  hd_msg_key(kb, node, 0);
   MDB_val k = {16, kb}, d;
   for (int rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
-    if (k.mv_size != 16 || get64(k.mv_data) != node) break;
+    if (k.mv_size != 16 || hd_get64(k.mv_data) != node) break;
     (*count)++;
-    *max_seq = get64((uint8_t *)k.mv_data + 8);
+    *max_seq = hd_get64((uint8_t *)k.mv_data + 8);
   }
   mdb_cursor_close(c);
 }
@@ -584,13 +562,13 @@ static void apply_stats(hd_store_t *s, wtxn_t *t, batch_t *b) {
   for (size_t i = 0; i < b->n_deltas && !t->rc; i++) {
     stat_delta_t *sd = &b->deltas[i];
     uint8_t kb[8], vb[16];
-    put64(kb, sd->node);
+    hd_put64(kb, sd->node);
     MDB_val k = {8, kb}, d;
     uint64_t count = 0, max_seq = 0;
     int rc = mdb_get(t->txn, s->qstat, &k, &d);
     if (rc == 0 && d.mv_size == 16) {
-      count = get64(d.mv_data);
-      max_seq = get64((uint8_t *)d.mv_data + 8);
+      count = hd_get64(d.mv_data);
+      max_seq = hd_get64((uint8_t *)d.mv_data + 8);
     }
     if (b->overflow) {
       recount(s, t, sd->node, &count, &max_seq);
@@ -598,8 +576,8 @@ static void apply_stats(hd_store_t *s, wtxn_t *t, batch_t *b) {
       count = (uint64_t)((int64_t)count + sd->count);
       if (sd->max_seq > max_seq) max_seq = sd->max_seq;
     }
-    put64(vb, count);
-    put64(vb + 8, max_seq);
+    hd_put64(vb, count);
+    hd_put64(vb + 8, max_seq);
     MDB_val v = {16, vb};
     w_put(t, s->qstat, &k, &v, 0);
   }
@@ -628,7 +606,7 @@ static int apply_batch(hd_store_t *s, batch_t *b) {
     case HD_OP_UPDATE: apply_update(s, &t, op); break;
     case HD_OP_NODE_PUT: {
       uint8_t kb[8];
-      put64(kb, op->node);
+      hd_put64(kb, op->node);
       MDB_val k = {8, kb}, d = {op->blob_len, op->blob};
       w_put(&t, s->nodes, &k, &d, 0);
       if (op->node + 1 > next_node) next_node = op->node + 1;
@@ -637,13 +615,14 @@ static int apply_batch(hd_store_t *s, batch_t *b) {
     case HD_OP_NODE_DEL: apply_node_del(s, &t, op); break;
     case HD_OP_HWM: {
       uint8_t kb[8], vb[8];
-      put64(kb, op->node);
-      put64(vb, op->seq);
+      hd_put64(kb, op->node);
+      hd_put64(vb, op->seq);
       MDB_val k = {8, kb}, d = {8, vb};
       w_put(&t, s->hwm, &k, &d, 0);
       break;
     }
-    case HD_OP_NOP: break;
+    case HD_OP_NOP:
+    case HD_OP_BARRIER: break;
     }
   }
   apply_stats(s, &t, b);
@@ -695,7 +674,7 @@ static void fail_batch(hd_store_t *s, batch_t *b, int rc) {
   for (hd_store_op_t *op = b->head, *next; op; op = next) {
     next = op->next;
     op->next = NULL;
-    if (op->kind == HD_OP_PUT || op->kind == HD_OP_NOP) {
+    if (op->kind == HD_OP_PUT || op->kind == HD_OP_NOP) { /* barriers wait for the retries */
       if (op->kind == HD_OP_PUT) op->rc = rc == ENOSPC || rc == MDB_MAP_FULL ? HD_EFULL : -EIO;
       *dt = op;
       dt = &op->next;

@@ -52,6 +52,7 @@ typedef enum {
   HD_OP_NODE_DEL,  /* delete the node and all its messages */
   HD_OP_HWM,       /* hwm[node] = seq */
   HD_OP_NOP,       /* writes nothing; completes in order with the others */
+  HD_OP_BARRIER,   /* writes nothing; completes only once everything before it is committed */
 } hd_store_op_kind_t;
 
 typedef struct hd_store_op {
@@ -139,10 +140,16 @@ typedef struct hd_store_stats {
 } hd_store_stats_t;
 void hd_store_get_stats(hd_store_t *s, hd_store_stats_t *out);
 
-/* Offline consistency check of a data directory (hadron-store check):
- * every record parses, counts and highest seqs match qstat, every message
- * belongs to a known node.  Prints findings with `say`; returns the number
- * of problems, or < 0 if the store cannot be opened. */
+/* ---- offline inspection (hadron-store; store_inspect.c) ------------------ */
+
+/* Print the store's format, size and every queue with its message count
+ * (through `say`, one line per call).  Read-only: safe while a broker runs. */
+int hd_store_info(const char *data_dir, void (*say)(const char *line, void *arg), void *arg,
+                  char *err, size_t errlen);
+/* Consistency check: every record parses (messages as AMQP), each node's
+ * count and highest seq match its statistics, no message belongs to an
+ * unknown node.  Reports problems through `say`; returns how many there
+ * were, or < 0 (err filled) when the store cannot be read at all. */
 long hd_store_check(const char *data_dir, void (*say)(const char *line, void *arg), void *arg,
                     char *err, size_t errlen);
 

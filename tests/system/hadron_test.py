@@ -85,6 +85,8 @@ class Broker:
         if self.env:
             env.update(self.env)
         self._log = open(self.log_path, "ab")
+        # A restart appends to the same log: only look at what this run writes.
+        self._log_start = self._log.tell()
         self.proc = subprocess.Popen(self.wrapper + [HADROND, "-c", self.conf] + self.args,
                                      stdout=self._log, stderr=self._log, env=env)
         deadline = time.time() + timeout * SLOW
@@ -158,7 +160,7 @@ class Broker:
 
     def _scan_ports(self):
         ports = {}
-        for m in _LISTEN_RE.finditer(self.log()):
+        for m in _LISTEN_RE.finditer(self.log()[getattr(self, "_log_start", 0):]):
             ports.setdefault(m.group(1), int(m.group(3)))
         return ports
 
