@@ -92,7 +92,9 @@ static void send_entry(hd_outlink_t *o, hd_entry_t *e) {
   pn_delivery_t *d = pn_delivery(l, pn_dtag((const char *)&tag, sizeof tag));
   hd_msg_t *m = e->msg;
   uint8_t hdr[32];
-  bool first = !(e->flags & (HD_ENT_DELIVERED | HD_ENT_COPY));
+  /* A failed attempt means someone acquired it before, whether or not this
+   * process saw it (the count survives restarts; the flag does not). */
+  bool first = !(e->flags & (HD_ENT_DELIVERED | HD_ENT_COPY)) && e->delivery_count == 0;
   pn_link_send(l, (const char *)hdr, hd_msg_header(m, e->delivery_count, first, hdr));
   if (m->ma_len) pn_link_send(l, (const char *)m->buf + m->ma_off, m->ma_len);
   pn_link_send(l, (const char *)m->buf + m->bare_off, m->len - m->bare_off);

@@ -14,6 +14,7 @@ Environment (set by tests/Makefile.am; defaults suit a build in the source tree)
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +23,8 @@ import tempfile
 import textwrap
 import time
 import unittest
+
+sys.dont_write_bytecode = True  # keep the source tree clean
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
@@ -54,7 +57,8 @@ class Broker:
     """
 
     def __init__(self, config="", broker="", listener="", listeners=True, name="broker",
-                 args=(), env=None, wrapper=None, log_level="info", data_dir=None):
+                 args=(), env=None, wrapper=None, log_level="info", data_dir=None,
+                 module_dir=None):
         self.dir = tempfile.mkdtemp(prefix="hadron-%s-" % name)
         self.data_dir = data_dir or os.path.join(self.dir, "data")
         self.conf = os.path.join(self.dir, "hadron.conf")
@@ -65,7 +69,7 @@ class Broker:
         self.proc = None
         self.ports = {}
         text = "[broker]\ndata-dir = %s\nmodule-dir = %s\nlog-level = %s\n%s\n" % (
-            self.data_dir, MODULE_DIR, log_level, textwrap.dedent(broker))
+            self.data_dir, module_dir or MODULE_DIR, log_level, textwrap.dedent(broker))
         if listeners:
             text += "[listener amqp]\nhost = 127.0.0.1\nport = 0\n%s\n" % textwrap.dedent(listener)
         text += textwrap.dedent(config)
@@ -78,7 +82,7 @@ class Broker:
         """Start and wait for the listeners (by default: every [listener])."""
         if expect_listeners is None:
             expect_listeners = self.listener_names()
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PN_TRACE")}
         if SANITIZED:
             env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:halt_on_error=1")
             env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
@@ -121,6 +125,12 @@ class Broker:
                               % (code, expect_code, self.log()))
         return code
 
+    def cleanup(self):
+        """Remove the broker's directory (config, log, data); tests that
+        pass call this through __exit__, failing ones keep it to look at."""
+        if not self.proc:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
     def kill(self):
         """SIGKILL: no drain, no clean-up (crash tests)."""
         if self.proc and self.proc.poll() is None:
@@ -142,6 +152,7 @@ class Broker:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.stop()
+            self.cleanup()
         else:
             self.kill()
             sys.stderr.write("---- hadrond log (%s) ----\n%s\n" % (self.log_path, self.log()))
