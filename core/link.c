@@ -12,8 +12,11 @@
 #include "util.h"
 
 void hd_link_refuse(pn_link_t *l, const char *condition, const char *description) {
-  /* Local terminus left unset: the attach answers with a null source or
-   * target, which tells the peer the node was not created. */
+  /* Null termini in the answering attach tell the peer that the node was
+   * not created (AMQP 1.0 2.6.3); proton encodes an unspecified terminus as
+   * null, and new links start with typed ones. */
+  pn_terminus_set_type(pn_link_source(l), PN_UNSPECIFIED);
+  pn_terminus_set_type(pn_link_target(l), PN_UNSPECIFIED);
   pn_link_open(l);
   pn_condition_t *c = pn_link_condition(l);
   pn_condition_set_name(c, condition);

@@ -39,6 +39,7 @@ static struct {
   atomic_bool shutdown_req, reload_req, resume_req, draining, finishing, stopping;
   int exit_code;
   int nworkers;
+  atomic_int running; /* workers still in their loop */
   hd_store_t *store;
 } S;
 
@@ -90,8 +91,9 @@ static void tick(void) {
 
 static void stop_workers(void) {
   if (atomic_exchange(&S.stopping, true)) return;
-  /* One interrupt per worker, so each leaves pn_proactor_wait. */
-  for (int i = 0; i < S.nworkers; i++) pn_proactor_interrupt(S.proactor);
+  /* The worker that leaves wakes the next (see worker()): interrupts
+   * sent at once can be merged into one event. */
+  pn_proactor_interrupt(S.proactor);
 }
 
 /* Once every peer is gone, cancel the drain deadline; proton then reports
@@ -221,6 +223,7 @@ static void *worker(void *arg) {
     for (pn_event_t *e; (e = pn_event_batch_next(b));) handle(e);
     pn_proactor_done(S.proactor, b);
   }
+  if (atomic_fetch_sub(&S.running, 1) > 1) pn_proactor_interrupt(S.proactor);
   return NULL;
 }
 
@@ -312,6 +315,7 @@ int hd_server_run(hd_settings_t *st, const char *config_path) {
   }
 
   pthread_t *threads = hd_xcalloc((size_t)S.nworkers, sizeof *threads);
+  atomic_store(&S.running, S.nworkers);
   for (int i = 0; i < S.nworkers; i++) pthread_create(&threads[i], NULL, worker, NULL);
   if (rc) stop_workers();
 
