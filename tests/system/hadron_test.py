@@ -102,6 +102,7 @@ class Broker:
                 raise BrokerError("hadrond exited with %s during start-up:\n%s"
                                   % (self.proc.returncode, self.log()))
             time.sleep(0.02)
+        self.kill()  # do not leave a half-started broker behind
         raise BrokerError("hadrond did not start listening within %ss:\n%s" % (timeout, self.log()))
 
     def stop(self, sig=signal.SIGTERM, timeout=20, expect_code=0):
