@@ -135,6 +135,7 @@ void hd_inlink_cleanup(hd_link_t *lk) {
 void hd_inlink_resume(hd_link_t *lk) {
   hd_inlink_t *in = (hd_inlink_t *)lk;
   const hd_settings_t *st = hd_server_settings();
+  if (hd_server_draining()) return; /* shutting down: no fresh credit */
   hd_store_t *store = hd_queues_store();
   if (hd_msg_mem_used() >= st->memory_limit || (store && hd_store_full(store))) {
     if (!in->blocked)
@@ -303,6 +304,17 @@ void hd_inlink_delivery(hd_link_t *lk, pn_delivery_t *d) {
     return;
   }
   partial_t *p = pn_delivery_get_context(d);
+  /* After our close (or detach) nothing can be settled any more: taking
+   * the message would store one its producer never hears about, and will
+   * send again.  Leave it unsettled; the producer resends it elsewhere. */
+  if ((pn_connection_state(lk->conn->pn) & PN_LOCAL_CLOSED) || (pn_link_state(l) & PN_LOCAL_CLOSED)) {
+    char scratch[4096];
+    while (pn_link_recv(l, scratch, sizeof scratch) > 0) {}
+    if (p) free(p->buf), free(p);
+    pn_delivery_set_context(d, NULL);
+    if (!pn_delivery_partial(d)) pn_link_advance(l);
+    return;
+  }
   if (pn_delivery_aborted(d)) {
     if (p) free(p->buf), free(p);
     pn_delivery_set_context(d, NULL);
