@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hadron_test  # noqa: E402
 from hadron_test import Broker, SLOW, run_hadrond  # noqa: E402
 
-from proton import Delivery, Link, Message, Timeout, symbol  # noqa: E402
+from proton import Delivery, Endpoint, Link, Message, Timeout, symbol  # noqa: E402
 from proton.handlers import MessagingHandler  # noqa: E402
 from proton.reactor import Container, LinkOption  # noqa: E402
 from proton.utils import BlockingConnection, LinkDetached, SendException  # noqa: E402
@@ -116,7 +116,31 @@ class SecondMode(LinkOption):
         link.rcv_settle_mode = Link.RCV_SECOND
 
 
-class Producer(MessagingHandler):
+class Client(MessagingHandler):
+    """Stops its container when the connection ends, however it ends (proton
+    ignores a close with amqp:connection:forced, hoping to reconnect)."""
+
+    remote_condition = None
+
+    def on_connection_remote_close(self, event):
+        self.remote_condition = event.connection.remote_condition
+        if not event.connection.state & Endpoint.LOCAL_CLOSED:
+            event.connection.close()  # the broker waits for our close (drain)
+
+    def on_connection_closed(self, event):
+        event.container.stop()
+
+    def on_transport_closed(self, event):
+        event.container.stop()
+
+    def on_transport_error(self, event):
+        event.container.stop()
+
+    def on_disconnected(self, event):
+        event.container.stop()
+
+
+class Producer(Client):
     """Send messages unsettled as fast as credit allows; record the outcomes.
 
     hook(self) runs after every outcome (the tests kill or signal the broker
@@ -167,17 +191,8 @@ class Producer(MessagingHandler):
     def on_rejected(self, event):
         self._outcome(event, self.rejected)
 
-    def on_connection_closed(self, event):
-        event.container.stop()
 
-    def on_transport_error(self, event):
-        event.container.stop()
-
-    def on_disconnected(self, event):
-        event.container.stop()
-
-
-class Consumer(MessagingHandler):
+class Consumer(Client):
     """Receive and accept until `expect` messages arrived (then close
     cleanly, so that the accepts reach the broker) or `idle_s` passed
     without a message."""
@@ -213,12 +228,6 @@ class Consumer(MessagingHandler):
         self.last = time.time()
         if self.expect is not None and len(self.got) >= self.expect:
             self.close()
-
-    def on_connection_closed(self, event):
-        event.container.stop()
-
-    def on_disconnected(self, event):
-        event.container.stop()
 
 
 def numbered(n, size=64, durable=True, start=0):
@@ -320,7 +329,7 @@ class DurableTest(unittest.TestCase):
             self.assertEqual([], receive_all(b.url(), "any.q"))
 
 
-class Holder(MessagingHandler):
+class Holder(Client):
     """Consumer in rcv-settle-mode second: accepts the ids in `accept` and
     waits for the broker to settle them (the removal is committed), leaves
     the ids in `hold` unsettled; then calls on_ready (the test kills the
@@ -362,12 +371,6 @@ class Holder(MessagingHandler):
         if not self.fired and self.confirmed == self.to_accept and self.to_hold <= set(self.seen):
             self.fired = True
             self.on_ready()
-
-    def on_transport_error(self, event):
-        event.container.stop()
-
-    def on_disconnected(self, event):
-        event.container.stop()
 
 
 class RedeliveryTest(unittest.TestCase):
@@ -478,8 +481,8 @@ class StopAndFlushTest(unittest.TestCase):
                 if not at_signal:
                     at_signal.append(len(p.accepted))
                     os.kill(pid, signal.SIGTERM)
-            # One credit window's worth: all of it is on the wire when the signal lands.
-            prod = run(Producer(b.url(), "term.q", numbered(1000, 1024), hook=term_at_first_outcome))
+            # More than one credit window: transfers are still arriving while the broker drains.
+            prod = run(Producer(b.url(), "term.q", numbered(3000, 1024), hook=term_at_first_outcome))
             b.stop()
             self.assertNotIn("drain-timeout passed", b.log())
             self.assertEqual([], prod.rejected)
@@ -487,8 +490,14 @@ class StopAndFlushTest(unittest.TestCase):
             b.start()
             got = run(Consumer(b.url(), "term.q", expect=len(prod.accepted))).got
         ids = [m.id for m in got]
-        self.assertEqual(sorted(prod.accepted), ids,
-                         "stored but never confirmed: %s" % sorted(set(ids) - set(prod.accepted))[:20])
+        self.assertEqual(sorted(set(ids)), ids, "out of order or duplicated")
+        lost = sorted(set(prod.accepted) - set(ids))
+        self.assertEqual([], lost, "%d accepted messages lost" % len(lost))
+        unconfirmed = sorted(set(ids) - set(prod.accepted))
+        self.assertEqual([], unconfirmed, "%d messages stored, but the producer never heard `accepted` (it "
+                         "will send them again; %d sent, %d accepted, %d left unsettled at the close: %s)"
+                         % (len(unconfirmed), prod.next, len(prod.accepted), len(prod.unsettled),
+                            prod.remote_condition))
 
     def test_flush_interval_survives_process_crash(self):
         """store-flush = interval defers fsync only: a killed process loses
@@ -500,6 +509,81 @@ class StopAndFlushTest(unittest.TestCase):
             b.start()
             got = run(Consumer(b.url(), "int.q", expect=500)).got
         self.assertEqual(list(range(500)), [m.id for m in got])
+
+
+
+class SpaceTest(unittest.TestCase):
+    def check_bodies(self, got):
+        for m in got:
+            self.assertEqual((b"%08d" % m.id) * (KIB4 // 8), m.body, "message %s: body" % m.id)
+
+    def test_paging_keeps_order(self):
+        """queue-memory = 1M with 6 MiB of durable messages: a consumer gets
+        all of them in order, in the same run and after a restart (most of
+        them read back from disk), and hadron-store info counts them."""
+        n = 6 * 256  # 6 MiB of 4 KiB bodies
+        with Broker(name="store-paging", broker="queue-memory = 1M\n") as b:
+            prod = run(Producer(b.url(), "page.q", numbered(n, KIB4)))
+            self.assertEqual((n, []), (len(prod.accepted), prod.rejected))
+            got = run(Consumer(b.url(), "page.q", expect=n)).got
+            self.assertEqual(list(range(n)), [m.id for m in got])
+            self.check_bodies(got)
+
+            prod = run(Producer(b.url(), "page.q", numbered(n, KIB4, start=n)))
+            self.assertEqual((n, []), (len(prod.accepted), prod.rejected))
+            b.stop()
+            self.assertEqual(n, stored_count(b.data_dir, "page.q"))
+            b.start()
+            m = re.search(r"queue 'page.q', recovered (\d+) messages \((\d+) in memory, (\d+) on disk\)", b.log())
+            self.assertIsNotNone(m, "no recovery line")
+            self.assertEqual(n, int(m.group(1)))
+            self.assertGreater(int(m.group(3)), 0, "queue-memory = 1M, yet all 6 MiB were loaded")
+            got = run(Consumer(b.url(), "page.q", expect=n)).got
+            self.assertEqual(list(range(n, 2 * n)), [m.id for m in got])
+            self.check_bodies(got)
+            self.assertEqual([], receive_all(b.url(), "page.q", idle=0.5))
+
+    def test_map_grows_when_full(self):
+        """store-map-size = 1M with 5 MiB of messages: the map grows (logged),
+        nothing is refused or lost, and the grown store opens again."""
+        n = 5 * 256
+        with Broker(name="store-grow", broker="store-map-size = 1M\n") as b:
+            prod = run(Producer(b.url(), "grow.q", numbered(n, KIB4)))
+            self.assertEqual((n, []), (len(prod.accepted), prod.rejected))
+            b.wait_log(r"store '[^']*', map grown to \d+ MiB")
+            b.kill()
+            b.start()
+            got = run(Consumer(b.url(), "grow.q", expect=n)).got
+            self.assertEqual(list(range(n)), [m.id for m in got])
+            self.check_bodies(got)
+            b.stop()
+            code, out, err = store_tool("-d", b.data_dir, "check")
+            self.assertEqual(0, code, out + err)
+
+
+class DeadLetterTest(unittest.TestCase):
+    def test_dead_letters_survive_restart(self):
+        """Rejected durable messages are in the DLQ after SIGKILL and a
+        restart (annotated), and gone from their source queue."""
+        with Broker(name="store-dlq") as b:
+            send_blocking(b.url(), "dl.src", numbered(4))
+            c = connect(b.url())
+            r = c.create_receiver("dl.src", credit=2)
+            for expected in (0, 1):
+                self.assertEqual(expected, r.receive(timeout=10 * SLOW).id)
+                r.reject()
+            wait_stored(b.data_dir, "dl.src", 2, conn=c)
+            wait_stored(b.data_dir, "DLQ", 2, conn=c)
+            b.kill()
+            b.start()
+            dead = receive_all(b.url(), "DLQ")
+            left = receive_all(b.url(), "dl.src")
+        self.assertEqual([0, 1], [m.id for m in dead])
+        for m in dead:
+            self.assertEqual("rejected", m.annotations.get(symbol("x-opt-dead-letter-reason")))
+            self.assertEqual("dl.src", m.annotations.get(symbol("x-opt-original-address")))
+            self.assertTrue(m.durable)
+        self.assertEqual([2, 3], [m.id for m in left])
 
 
 if __name__ == "__main__":
