@@ -455,7 +455,10 @@ static void apply_put(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
   hd_msg_key(kb, op->node, op->seq);
   MDB_val k = {16, kb}, d = {HD_REC_HDR + op->msg->len, NULL};
   if (t->rc) return;
-  int rc = mdb_put(t->txn, s->msgs, &k, &d, MDB_RESERVE | MDB_NOOVERWRITE);
+  /* A queue's seqs only grow, so a put is usually the largest key of all:
+   * appending fills pages completely instead of splitting them in half. */
+  int rc = mdb_put(t->txn, s->msgs, &k, &d, MDB_RESERVE | MDB_APPEND);
+  if (rc == MDB_KEYEXIST) rc = mdb_put(t->txn, s->msgs, &k, &d, MDB_RESERVE | MDB_NOOVERWRITE);
   bool fresh = rc == 0;
   if (rc == MDB_KEYEXIST) {
     d.mv_size = HD_REC_HDR + op->msg->len;
