@@ -144,7 +144,13 @@ static int check_existing(hd_store_t *s, char *err, size_t errlen) {
   if (rc == MDB_NOTFOUND) {
     mdb_txn_abort(txn);
     return refuse(err, errlen, s->dir,
-                  "holds an LMDB database that is not a Hadron store; give hadrond an empty data-dir");
+                  "holds an LMDB database without Hadron's tables: not a Hadron store, or a damaged one; "
+                  "move it away (or restore a backup) and start with an empty data-dir");
+  }
+  if (rc) {
+    mdb_txn_abort(txn);
+    return refuse(err, errlen, s->dir, "is corrupt (%s); move it away to start empty, or restore a backup",
+                  lmdb_err(rc));
   }
   uint64_t format = 0, next = 0;
   if (!rc) rc = meta_get64(txn, s->meta, "format", &format);

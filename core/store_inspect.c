@@ -58,7 +58,8 @@ static int ro_open(const char *data_dir, ro_t *r, char *err, size_t errlen) {
   if ((rc = mdb_dbi_open(r->txn, "meta", 0, &r->meta)) || (rc = mdb_dbi_open(r->txn, "nodes", 0, &r->nodes)) ||
       (rc = mdb_dbi_open(r->txn, "msgs", 0, &r->msgs)) || (rc = mdb_dbi_open(r->txn, "qstat", 0, &r->qstat)) ||
       (rc = mdb_dbi_open(r->txn, "hwm", 0, &r->hwm))) {
-    snprintf(err, errlen, "%s: not a Hadron store (%s)", path, mdb_strerror(rc));
+    snprintf(err, errlen, "%s: %s (%s)", path,
+             rc == MDB_NOTFOUND ? "not a Hadron store (its tables are missing)" : "corrupt", mdb_strerror(rc));
     mdb_txn_abort(r->txn);
     mdb_env_close(r->env);
     return -1;
