@@ -38,7 +38,7 @@ struct hd_store {
   bool stop;
   _Atomic uint64_t next_node;
   atomic_bool full;      /* free space below the reserve */
-  uint64_t next_space_check;
+  uint64_t space_budget; /* bytes writable before measuring again (writer) */
   _Atomic uint64_t commits, ops, syncs, failed, grows;
 };
 
@@ -400,16 +400,30 @@ static uint64_t reusable_bytes(hd_store_t *s, MDB_txn *txn) {
   return pages * st.ms_psize;
 }
 
-/* Checked at most every 50 ms, and only when messages are being written. */
-static void check_space(hd_store_t *s, MDB_txn *txn) {
-  uint64_t now = hd_now_mono_ms();
-  if (!s->opts.reserve || now < s->next_space_check) return;
-  s->next_space_check = now + 50;
+/* Is there room for `need` more bytes above the reserve?  Measuring costs
+ * a statvfs and a walk of LMDB's free list, so the store measures once and
+ * then spends a budget (what was free above the reserve) batch by batch,
+ * measuring again when the budget runs out, and always while marked full
+ * (deletions make room). */
+static void check_space(hd_store_t *s, MDB_txn *txn, uint64_t need, bool force) {
+  if (!s->opts.reserve) return;
+  if (!force && !hd_store_full(s) && need <= s->space_budget) {
+    s->space_budget -= need;
+    return;
+  }
   struct statvfs fs;
   if (statvfs(s->dir, &fs) != 0) return;
-  uint64_t avail = (uint64_t)fs.f_bavail * fs.f_frsize + reusable_bytes(s, txn);
-  bool low = avail < s->opts.reserve;
-  bool was = atomic_exchange(&s->full, low);
+  uint64_t fs_free = (uint64_t)fs.f_bavail * fs.f_frsize, reuse = reusable_bytes(s, txn);
+  uint64_t avail = fs_free + reuse;
+  /* Large messages need runs of pages; a scattered free list cannot give
+   * them, and LMDB then grows the file instead. */
+  bool was = hd_store_full(s);
+  /* Once full, stay so until there is clearly room again, not just a few
+   * pages, so that producers are not switched on and off batch by batch. */
+  uint64_t margin = was ? (s->opts.reserve / 4 > (256u << 10) ? s->opts.reserve / 4 : (256u << 10)) : 0;
+  bool low = avail < s->opts.reserve + need + margin || (fs_free < need && reuse < 8 * need);
+  s->space_budget = low ? 0 : avail - s->opts.reserve - need;
+  atomic_store(&s->full, low);
   if (low && !was)
     HD_LOG(HD_LOG_WARNING, "core",
            "store '%s', free space %" PRIu64 " KiB is below the reserve (%" PRIu64 " KiB): refusing new "
@@ -420,6 +434,13 @@ static void check_space(hd_store_t *s, MDB_txn *txn) {
            s->dir, avail >> 10);
     if (s->opts.on_space) s->opts.on_space();
   }
+}
+
+static bool disk_nearly_full(hd_store_t *s) {
+  struct statvfs fs;
+  if (statvfs(s->dir, &fs) != 0) return false;
+  uint64_t free_bytes = (uint64_t)fs.f_bavail * fs.f_frsize;
+  return free_bytes < (s->opts.reserve > (1u << 20) ? s->opts.reserve : (1u << 20));
 }
 
 /* ---- the writer ---------------------------------------------------------------- */
@@ -593,15 +614,25 @@ static void apply_stats(hd_store_t *s, wtxn_t *t, batch_t *b) {
 }
 
 static int apply_batch(hd_store_t *s, batch_t *b) {
+  /* Room for this batch's messages: their bytes, twice over for pages
+   * copied on write and the tree around them.  Measured in a read
+   * transaction: LMDB lets no cursor walk its free list in a write one. */
+  uint64_t need = 0;
+  for (hd_store_op_t *op = b->head; op; op = op->next)
+    if (op->kind == HD_OP_PUT) need += 2 * (HD_REC_HDR + op->msg->len);
+  if (need || hd_store_full(s)) {
+    MDB_txn *rt;
+    if (read_begin(s, &rt) == 0) {
+      check_space(s, rt, need, false);
+      read_end(s, rt);
+    }
+  }
+  bool full = hd_store_full(s);
   wtxn_t t = {NULL, mdb_txn_begin(s->env, NULL, 0, &t.txn)};
   if (t.rc) return t.rc;
   b->n_deltas = 0;
   b->overflow = false;
   uint64_t next_node = 0;
-  bool puts = false;
-  for (hd_store_op_t *op = b->head; op && !puts; op = op->next) puts = op->kind == HD_OP_PUT;
-  if (puts) check_space(s, t.txn);
-  bool full = hd_store_full(s);
   for (hd_store_op_t *op = b->head; op && !t.rc; op = op->next) {
     op->rc = 0;
     switch (op->kind) {
@@ -711,7 +742,13 @@ static void *writer_main(void *arg) {
   for (;;) {
     pthread_mutex_lock(&s->lock);
     while (!s->head && !s->stop) {
-      if (s->opts.flush_interval && dirty) {
+      if (hd_store_full(s)) { /* look again for space now and then */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT) break;
+      } else if (s->opts.flush_interval && dirty) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         uint64_t now = hd_now_mono_ms();
@@ -728,6 +765,7 @@ static void *writer_main(void *arg) {
       pthread_mutex_unlock(&s->lock);
       break;
     }
+
     batch_t b = {0};
     b.head = s->head;
     hd_store_op_t *last = s->head;
@@ -739,12 +777,23 @@ static void *writer_main(void *arg) {
     }
     pthread_mutex_unlock(&s->lock);
 
+    if (!b.head && hd_store_full(s)) { /* idle and full: has space come back? */
+      MDB_txn *rt;
+      if (read_begin(s, &rt) == 0) {
+        check_space(s, rt, 0, true);
+        read_end(s, rt);
+      }
+    }
     if (b.head) {
       int rc;
       while ((rc = apply_batch(s, &b)) == MDB_MAP_FULL) grow_map(s);
       if (rc) {
         atomic_fetch_add(&s->failed, 1);
+        /* LMDB reports a short write on a full disk as an I/O error: look
+         * at the disk itself to tell producers what happened. */
+        if (rc != ENOSPC && rc != MDB_MAP_FULL && disk_nearly_full(s)) rc = ENOSPC;
         HD_LOG(HD_LOG_ERR, "core", "store '%s', commit of %zu operations failed: %s", s->dir, b.n, lmdb_err(rc));
+        if (rc == ENOSPC) atomic_store(&s->full, true);
         fail_batch(s, &b, rc);
         /* Give the disk a moment before retrying what must not be lost. */
         struct timespec pause = {0, 100 * 1000 * 1000};
