@@ -240,6 +240,7 @@ void hd_queue_pump(hd_queue_t *q, hd_consumer_t *c, int64_t link_credit, bool dr
   if (q->paged) hd_queue_depage(q); /* racy peek; depage looks again under the lock */
   pthread_mutex_lock(&q->lock);
   uint64_t now = q->next_expiry ? hd_now_wall_ms() : 0;
+  bool waiting = false; /* entries there, but held for the delivery mark */
   c->credit = link_credit - (int64_t)c->out_count;
   if (c->browse) {
     pump_browser(q, c, now);
@@ -252,7 +253,8 @@ void hd_queue_pump(hd_queue_t *q, hd_consumer_t *c, int64_t link_credit, bool dr
         e->next = b->expired;
         b->expired = e;
       } else if (!hd_queue_may_send_locked(q, e)) {
-        break; /* waiting for the delivery mark to reach the disk */
+        waiting = true; /* the mark's commit will dispatch them */
+        break;
       } else if (!avoids(e, c->id)) {
         avail_unlink(q, e);
         c->credit--;
@@ -298,7 +300,9 @@ void hd_queue_pump(hd_queue_t *q, hd_consumer_t *c, int64_t link_credit, bool dr
     }
   }
   c->credit = link_credit - (int64_t)b->n;
-  if (drain && c->credit > 0) {
+  /* Messages still on disk or held for the mark are coming: not drained
+   * yet.  (Uncommitted ones are not available, so they do not count.) */
+  if (drain && c->credit > 0 && !waiting && !q->paged) {
     b->drained = true;
     c->credit = 0;
   }
