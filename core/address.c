@@ -146,7 +146,7 @@ int hd_addr_resolve(const char *a, size_t len, hd_purpose_t purpose, hd_node_typ
   char *addr = hd_xstrndup(a, len);
   hd_node_spec_t spec = {.size = sizeof spec, .address = addr, .purpose = purpose,
                          .requested = requested, .type = HD_NODE_UNSPEC, .auto_create = -1,
-                         .max_deliveries = -1, .max_depth = -1};
+                         .max_deliveries = -1, .max_depth = -1, .durable = -1};
   hd_verdict_t v = hd_hooks_run(HD_PHASE_NODE_RESOLVE, &spec);
   int rc = 0;
   if (v == HD_VERDICT_DENY) {
@@ -198,13 +198,15 @@ int hd_addr_resolve(const char *a, size_t len, hd_purpose_t purpose, hd_node_typ
     return HD_ENOTFOUND;
   }
   hd_node_opts_t opts = {spec.dead_letter_address, spec.expiry_address, spec.max_deliveries,
-                         spec.max_depth};
+                         spec.max_depth, HD_HAS_FIELD(&spec, hd_node_spec_t, durable) ? spec.durable : -1};
   hd_node_t *fresh = hd_node_new(type, name, HD_NODE_AUTO, &opts, &st->defaults);
   pthread_rwlock_wrlock(&T.lock);
   slot_t *s = *find_slot(name, strlen(name));
   if (s) { /* another thread won the race; use its node */
     n = hd_node_ref(s->node);
   } else {
+    /* Durable before anyone can reach it, so no message misses the store. */
+    if (fresh->type == HD_NODE_QUEUE && fresh->durable) hd_queue_make_durable((hd_queue_t *)fresh);
     insert_locked(name, strlen(name), fresh);
     n = hd_node_ref(fresh);
   }
@@ -223,11 +225,28 @@ int hd_addr_resolve(const char *a, size_t len, hd_purpose_t purpose, hd_node_typ
   return rc;
 }
 
+hd_node_t *hd_addr_adopt(const char *address, const hd_node_opts_t *opts) {
+  hd_node_t *n = hd_node_new(HD_NODE_QUEUE, address, HD_NODE_AUTO, opts, &T.st->defaults);
+  pthread_rwlock_wrlock(&T.lock);
+  insert_locked(address, strlen(address), n);
+  pthread_rwlock_unlock(&T.lock);
+  return n;
+}
+
+void hd_addr_durable_declared(void) {
+  pthread_rwlock_wrlock(&T.lock);
+  for (size_t i = 0; i < T.nbuckets; i++)
+    for (slot_t *s = T.buckets[i]; s; s = s->next)
+      if (s->node->type == HD_NODE_QUEUE && s->node->durable)
+        hd_queue_make_durable((hd_queue_t *)s->node); /* no-op for recovered ones */
+  pthread_rwlock_unlock(&T.lock);
+}
+
 hd_node_t *hd_addr_dynamic(hd_node_type_t type) {
   char name[64];
   uint64_t k = atomic_fetch_add(&T.dyn_count, 1);
   snprintf(name, sizeof name, HD_DYNAMIC_PREFIX "%016" PRIx64 ".%" PRIu64, T.dyn_seed, k);
-  hd_node_opts_t none = {"", "", -1, -1};
+  hd_node_opts_t none = {"", "", -1, -1, 0};
   hd_node_t *n = hd_node_new(type, name, HD_NODE_DYNAMIC, &none, &T.st->defaults);
   pthread_rwlock_wrlock(&T.lock);
   insert_locked(name, strlen(name), n);

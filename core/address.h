@@ -35,6 +35,13 @@ int hd_addr_resolve(const char *address, size_t len, hd_purpose_t purpose,
 /* A new temporary queue with a broker-chosen name; one reference. */
 hd_node_t *hd_addr_dynamic(hd_node_type_t type);
 
+/* Start-up: the queue at `address` as the store recorded it (created if the
+ * config did not declare it).  One reference. */
+hd_node_t *hd_addr_adopt(const char *address, const hd_node_opts_t *opts);
+/* Start-up, after recovery: durable declared queues the store did not know
+ * yet get their store record. */
+void hd_addr_durable_declared(void);
+
 /* Take the node (and its aliases) out of the table and mark it deleted. */
 void hd_addr_remove(hd_node_t *n);
 

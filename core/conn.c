@@ -77,8 +77,9 @@ void hd_conns_resume_flow(void) {
 
 /* ---- work items ---------------------------------------------------------- */
 
-void hd_conn_post(hd_conn_t *c, hd_work_t *w) {
+bool hd_conn_post(hd_conn_t *c, hd_work_t *w) {
   pthread_mutex_lock(&c->lock);
+  bool alive = c->alive;
   if (!w->queued && c->alive) {
     w->queued = true;
     w->next = NULL;
@@ -89,6 +90,18 @@ void hd_conn_post(hd_conn_t *c, hd_work_t *w) {
     if (was_empty) pn_connection_wake(c->pn);
   }
   pthread_mutex_unlock(&c->lock);
+  return alive;
+}
+
+void hd_conn_ref(hd_conn_t *c) { atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); }
+
+void hd_conn_unref(hd_conn_t *c) {
+  if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1) return;
+  pthread_mutex_destroy(&c->lock);
+  free(c->user);
+  free(c->container);
+  free(c->tls_subject);
+  free(c);
 }
 
 void hd_conn_unpost(hd_conn_t *c, hd_work_t *w) {
@@ -128,6 +141,10 @@ static void run_work(hd_conn_t *c) {
 
 static void drain_run(hd_work_t *w) {
   hd_conn_t *c = (hd_conn_t *)((char *)w - offsetof(hd_conn_t, drain_work));
+  if (c->outstanding) { /* let the store settle what producers sent first */
+    c->drain_waiting = true;
+    return;
+  }
   pn_condition_t *cond = pn_connection_condition(c->pn);
   pn_condition_set_name(cond, "amqp:connection:forced");
   pn_condition_set_description(cond, "the broker is shutting down; reconnect to another broker or retry later");
@@ -157,6 +174,13 @@ void hd_conns_check_handshakes(uint64_t now_ms) {
   pthread_mutex_unlock(&reg_lock);
 }
 
+void hd_conn_outstanding_done(hd_conn_t *c) {
+  if (--c->outstanding == 0 && c->drain_waiting) {
+    c->drain_waiting = false;
+    drain_run(&c->drain_work);
+  }
+}
+
 static void flow_run(hd_work_t *w) {
   hd_conn_t *c = (hd_conn_t *)((char *)w - offsetof(hd_conn_t, flow_work));
   hd_link_resume_producers(c);
@@ -168,6 +192,7 @@ void hd_conn_accept(hd_listener_t *l) {
   const hd_settings_t *st = hd_server_settings();
   const hd_listener_conf_t *lc = l->conf;
   hd_conn_t *c = hd_xcalloc(1, sizeof *c);
+  atomic_init(&c->refs, 1);
   c->id = atomic_fetch_add(&next_id, 1);
   c->listener = l;
   pthread_mutex_init(&c->lock, NULL);
@@ -315,11 +340,9 @@ static void on_transport_closed(hd_conn_t *c) {
   else
     HD_LOG(HD_LOG_INFO, "core", "connection %" PRIu64 " from %s, closed", c->id, c->remote);
   pn_connection_set_context(c->pn, NULL);
-  pthread_mutex_destroy(&c->lock);
-  free(c->user);
-  free(c->container);
-  free(c->tls_subject);
-  free(c);
+  c->pn = NULL;
+  c->transport = NULL;
+  hd_conn_unref(c);
 }
 
 /* ---- events ---------------------------------------------------------------- */

@@ -11,6 +11,7 @@
 #include <proton/event.h>
 #include <proton/transport.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -24,6 +25,7 @@ typedef struct hd_work {
 } hd_work_t;
 
 typedef struct hd_conn {
+  atomic_int refs;     /* the transport's, and one per store completion in flight */
   uint64_t id;
   pn_connection_t *pn; /* owner thread */
   pn_transport_t *transport;
@@ -38,6 +40,8 @@ typedef struct hd_conn {
   bool opened;                   /* the peer's open arrived (owner thread) */
   bool flow_blocked;             /* [registry lock] */
   uint32_t sessions, links;      /* owner thread */
+  uint32_t outstanding;          /* producer deliveries waiting for the store (owner) */
+  bool drain_waiting;            /* shutdown closes once outstanding reaches 0 */
   const char *refuse_cond;       /* set at accept when over a limit */
   char refuse_desc[200];
   hd_conn_info_t info;
@@ -51,8 +55,13 @@ typedef struct hd_conn {
 void hd_conn_accept(hd_listener_t *l);
 /* Connection, session, link, delivery and transport events. */
 void hd_conn_event(pn_event_t *e);
-/* Run w on c's owner thread soon.  Any thread. */
-void hd_conn_post(hd_conn_t *c, hd_work_t *w);
+/* Run w on c's owner thread soon.  Any thread.  False (and nothing queued)
+ * when the connection has gone. */
+bool hd_conn_post(hd_conn_t *c, hd_work_t *w);
+void hd_conn_ref(hd_conn_t *c);
+void hd_conn_unref(hd_conn_t *c); /* any thread; frees at zero */
+/* Owner thread: one outstanding delivery got its outcome. */
+void hd_conn_outstanding_done(hd_conn_t *c);
 /* Take w off c's work list if it is there (owner thread, before freeing w). */
 void hd_conn_unpost(hd_conn_t *c, hd_work_t *w);
 

@@ -27,7 +27,9 @@ static bool move(hd_queue_t *q, hd_entry_t *e, const char *address, hd_wr_t *ann
   hd_node_t *n = NULL;
   hd_refusal_t ref = {0};
   int rc = hd_addr_resolve(address, strlen(address), HD_PURPOSE_RELAY, HD_NODE_UNSPEC, true, &n, &ref);
-  if (rc == 0) rc = hd_node_put(n, copy);
+  /* Through the store: the copy's PUT is submitted before the source's
+   * DEL (hd_queue_drop, after us), so a crash leaves at worst both. */
+  if (rc == 0) rc = hd_node_deliver(n, copy, NULL);
   if (rc)
     HD_LOG(HD_LOG_WARNING, "core", "queue '%s', cannot move a message to '%s': %s", q->node.address,
            address, rc == HD_EFULL ? "it is full" : ref.description[0] ? ref.description : hd_strerror(rc));

@@ -7,17 +7,22 @@
 #include <proton/condition.h>
 #include <proton/disposition.h>
 #include <proton/terminus.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "address.h"
+#include "store.h"
 #include "hooks.h"
 #include "link.h"
 #include "log.h"
 #include "util.h"
 
+typedef struct hd_pending hd_pending_t;
+
 typedef struct hd_inlink {
   hd_link_t base;
+  hd_pending_t *pending; /* deliveries waiting for the store */
   hd_node_t *node; /* NULL on an anonymous-relay link */
   bool dynamic;
   bool blocked;    /* waiting for memory before giving credit */
@@ -25,6 +30,20 @@ typedef struct hd_inlink {
   char *relay_addr;
   size_t relay_len;
 } hd_inlink_t;
+
+/* A producer's delivery waiting for its message to be committed.  The store
+ * reports on its writer thread; the outcome is then posted back to the
+ * connection's own thread, which settles the delivery (if its link is still
+ * there). */
+struct hd_pending {
+  hd_deliver_cb_t cb;
+  hd_work_t work;
+  hd_conn_t *conn;  /* one reference */
+  hd_inlink_t *in;  /* NULL once the link is gone (owner thread) */
+  pn_delivery_t *d;
+  int rc;
+  hd_pending_t *prev, *next; /* in->pending */
+};
 
 /* Bytes of a message arriving in several transfers. */
 typedef struct partial {
@@ -88,6 +107,14 @@ void hd_inlink_open(hd_conn_t *c, pn_link_t *l) {
 
 void hd_inlink_cleanup(hd_link_t *lk) {
   hd_inlink_t *in = (hd_inlink_t *)lk;
+  /* The store will still report; the delivery goes with the link. */
+  for (hd_pending_t *p = in->pending, *next; p; p = next) {
+    next = p->next;
+    p->in = NULL;
+    p->d = NULL;
+    p->prev = p->next = NULL;
+  }
+  in->pending = NULL;
   /* Drop half-received messages. */
   for (pn_delivery_t *d = pn_unsettled_head(lk->pn); d; d = pn_unsettled_next(d)) {
     partial_t *p = pn_delivery_get_context(d);
@@ -108,14 +135,17 @@ void hd_inlink_cleanup(hd_link_t *lk) {
 void hd_inlink_resume(hd_link_t *lk) {
   hd_inlink_t *in = (hd_inlink_t *)lk;
   const hd_settings_t *st = hd_server_settings();
-  if (hd_msg_mem_used() >= st->memory_limit) {
+  if (hd_server_draining()) return; /* shutting down: no fresh credit */
+  hd_store_t *store = hd_queues_store();
+  if (hd_msg_mem_used() >= st->memory_limit || (store && hd_store_full(store))) {
     if (!in->blocked)
       HD_LOG(HD_LOG_DEBUG, "core", "connection %" PRIu64 ", producer link '%s' waits for memory",
              lk->conn->id, pn_link_name(lk->pn));
     in->blocked = true;
     hd_conn_flow_blocked(lk->conn);
     /* Memory may have come back before we registered; look again. */
-    if (hd_msg_mem_used() < st->memory_limit) hd_server_request_resume();
+    if (hd_msg_mem_used() < st->memory_limit && !(store && hd_store_full(store)))
+      hd_server_request_resume();
     return;
   }
   in->blocked = false;
@@ -138,6 +168,59 @@ static void settle(pn_link_t *l, pn_delivery_t *d, uint64_t outcome, const char 
   /* In rcv-settle-mode second the sender settles first; we settle on the
    * PN_DELIVERY event that tells us so. */
   if (pn_link_rcv_settle_mode(l) == PN_RCV_FIRST) pn_delivery_settle(d);
+}
+
+static void pending_settle(hd_work_t *w) {
+  hd_pending_t *p = (hd_pending_t *)((char *)w - offsetof(hd_pending_t, work));
+  hd_conn_t *c = p->conn;
+  if (p->in) {
+    hd_inlink_t *in = p->in;
+    if (p->prev) p->prev->next = p->next; else in->pending = p->next;
+    if (p->next) p->next->prev = p->prev;
+    if (p->rc == 0)
+      settle(in->base.pn, p->d, PN_ACCEPTED, NULL, NULL);
+    else if (p->rc == HD_EFULL)
+      settle(in->base.pn, p->d, PN_REJECTED, "amqp:resource-limit-exceeded",
+             "the broker's disk is full; the message was not stored: retry later");
+    else
+      settle(in->base.pn, p->d, PN_REJECTED, "amqp:internal-error",
+             "the broker could not store the message; see its log, retry later");
+  }
+  hd_conn_outstanding_done(c);
+  free(p);
+  hd_conn_unref(c);
+}
+
+static void pending_done(hd_deliver_cb_t *cb, int rc) {
+  hd_pending_t *p = (hd_pending_t *)cb;
+  p->rc = rc;
+  if (!hd_conn_post(p->conn, &p->work)) { /* the connection has gone */
+    hd_conn_t *c = p->conn;
+    free(p);
+    hd_conn_unref(c);
+  }
+}
+
+static hd_pending_t *pending_new(hd_inlink_t *in, pn_delivery_t *d) {
+  hd_pending_t *p = hd_xcalloc(1, sizeof *p);
+  p->cb.done = pending_done;
+  p->work.run = pending_settle;
+  p->conn = in->base.conn;
+  hd_conn_ref(p->conn);
+  p->in = in;
+  p->d = d;
+  p->next = in->pending;
+  if (p->next) p->next->prev = p;
+  in->pending = p;
+  return p;
+}
+
+static void pending_drop(hd_pending_t *p) {
+  hd_inlink_t *in = p->in;
+  if (p->prev) p->prev->next = p->next; else in->pending = p->next;
+  if (p->next) p->next->prev = p->prev;
+  hd_conn_unref(p->conn);
+  free(p);
 }
 
 static hd_node_t *relay_target(hd_inlink_t *in, hd_msg_t *m, hd_refusal_t *ref) {
@@ -179,7 +262,16 @@ static void route(hd_inlink_t *in, pn_delivery_t *d, hd_msg_t *m) {
       return;
     }
   }
-  int rc = hd_node_put(node, m);
+  /* An unsettled durable message to a durable queue is accepted only once
+   * the store has it. */
+  bool wait = !pn_delivery_settled(d) && (m->flags & HD_MSG_DURABLE) && hd_node_stores(node);
+  hd_pending_t *p = wait ? pending_new(in, d) : NULL;
+  int rc = hd_node_deliver(node, m, p ? &p->cb : NULL);
+  if (rc == HD_PENDING) {
+    in->base.conn->outstanding++;
+    return;
+  }
+  if (p) pending_drop(p);
   if (rc == 0) {
     settle(l, d, PN_ACCEPTED, NULL, NULL);
   } else if (rc == HD_EFULL) {
@@ -212,6 +304,17 @@ void hd_inlink_delivery(hd_link_t *lk, pn_delivery_t *d) {
     return;
   }
   partial_t *p = pn_delivery_get_context(d);
+  /* After our close (or detach) nothing can be settled any more: taking
+   * the message would store one its producer never hears about, and will
+   * send again.  Leave it unsettled; the producer resends it elsewhere. */
+  if ((pn_connection_state(lk->conn->pn) & PN_LOCAL_CLOSED) || (pn_link_state(l) & PN_LOCAL_CLOSED)) {
+    char scratch[4096];
+    while (pn_link_recv(l, scratch, sizeof scratch) > 0) {}
+    if (p) free(p->buf), free(p);
+    pn_delivery_set_context(d, NULL);
+    if (!pn_delivery_partial(d)) pn_link_advance(l);
+    return;
+  }
   if (pn_delivery_aborted(d)) {
     if (p) free(p->buf), free(p);
     pn_delivery_set_context(d, NULL);

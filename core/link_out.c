@@ -9,6 +9,7 @@
 #include <proton/condition.h>
 #include <proton/disposition.h>
 #include <proton/terminus.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,8 +20,11 @@
 #include "log.h"
 #include "util.h"
 
+typedef struct hd_later hd_later_t;
+
 typedef struct hd_outlink {
   hd_link_t base;
+  hd_later_t *later; /* settlements waiting for the store */
   hd_work_t work;
   hd_consumer_t consumer;
   hd_node_t *node;   /* what the link attached to */
@@ -30,6 +34,52 @@ typedef struct hd_outlink {
 } hd_outlink_t;
 
 static _Atomic uint64_t next_consumer_id = 1;
+
+/* In rcv-settle-mode second the consumer waits for our settlement as proof
+ * that its outcome took effect; for stored messages we settle only once
+ * the store has committed what the outcome changed. */
+struct hd_later {
+  hd_work_t work;
+  hd_conn_t *conn;   /* one reference */
+  hd_outlink_t *o;   /* NULL once the link is gone (owner thread) */
+  pn_delivery_t *d;
+  hd_later_t *prev, *next;
+};
+
+static void later_run(hd_work_t *w) {
+  hd_later_t *l = (hd_later_t *)((char *)w - offsetof(hd_later_t, work));
+  if (l->o) {
+    if (l->prev) l->prev->next = l->next; else l->o->later = l->next;
+    if (l->next) l->next->prev = l->prev;
+    pn_delivery_settle(l->d);
+  }
+  hd_conn_t *c = l->conn;
+  free(l);
+  hd_conn_unref(c);
+}
+
+static void later_done(void *arg, int rc) {
+  hd_later_t *l = arg;
+  (void)rc; /* a failed commit is retried by the store; a barrier completes after it */
+  if (!hd_conn_post(l->conn, &l->work)) {
+    hd_conn_t *c = l->conn;
+    free(l);
+    hd_conn_unref(c);
+  }
+}
+
+static void settle_after_store(hd_outlink_t *o, pn_delivery_t *d) {
+  hd_later_t *l = hd_xcalloc(1, sizeof *l);
+  l->work.run = later_run;
+  l->conn = o->base.conn;
+  hd_conn_ref(l->conn);
+  l->o = o;
+  l->d = d;
+  l->next = o->later;
+  if (l->next) l->next->prev = l;
+  o->later = l;
+  hd_store_after(later_done, l);
+}
 
 static void notify(hd_consumer_t *c) {
   hd_outlink_t *o = c->owner;
@@ -189,6 +239,8 @@ void hd_outlink_delivery(hd_link_t *lk, pn_delivery_t *d) {
   }
   if ((!state && !settled) || state == PN_RECEIVED) return; /* no outcome yet */
   pn_delivery_set_context(d, NULL);
+  bool wait = !settled && (e->flags & HD_ENT_STORED) &&
+              pn_link_rcv_settle_mode(lk->pn) == PN_RCV_SECOND && hd_queues_store();
   pn_disposition_t *disp = pn_delivery_remote(d);
   switch (state) {
   case 0: /* settled without an outcome: the peer is done with it */
@@ -217,11 +269,20 @@ void hd_outlink_delivery(hd_link_t *lk, pn_delivery_t *d) {
     redeliver(o, e, false, 0);
     break;
   }
-  pn_delivery_settle(d);
+  if (wait)
+    settle_after_store(o, d);
+  else
+    pn_delivery_settle(d);
 }
 
 void hd_outlink_cleanup(hd_link_t *lk) {
   hd_outlink_t *o = (hd_outlink_t *)lk;
+  for (hd_later_t *l = o->later, *next; l; l = next) { /* the store still reports */
+    next = l->next;
+    l->o = NULL;
+    l->prev = l->next = NULL;
+  }
+  o->later = NULL;
   hd_queue_detach(o->queue, &o->consumer);
   hd_conn_unpost(lk->conn, &o->work);
   /* Sent but never settled: a failed attempt (delivery-count + 1). */

@@ -39,6 +39,8 @@ hd_node_t *hd_node_new(hd_node_type_t type, const char *address, uint32_t flags,
   n->expiry_address = opt_addr(opts ? opts->expiry_address : NULL, defaults->expiry_address, address);
   n->max_deliveries = opts && opts->max_deliveries >= 0 ? opts->max_deliveries : defaults->max_deliveries;
   n->max_depth = opts && opts->max_depth >= 0 ? opts->max_depth : defaults->max_depth;
+  n->durable = type == HD_NODE_QUEUE && !(flags & (HD_NODE_DYNAMIC | HD_NODE_SUBSCRIPTION)) &&
+               (opts && opts->durable >= 0 ? opts->durable : defaults->durable) > 0;
   return n;
 }
 
@@ -89,7 +91,7 @@ int hd_node_put(hd_node_t *n, hd_msg_t *m) {
 hd_queue_t *hd_topic_subscribe(hd_topic_t *t) {
   hd_node_opts_t same = {t->node.dead_letter_address ? t->node.dead_letter_address : "",
                          t->node.expiry_address ? t->node.expiry_address : "",
-                         t->node.max_deliveries, t->node.max_depth};
+                         t->node.max_deliveries, t->node.max_depth, 0};
   hd_queue_t *q = (hd_queue_t *)hd_node_new(HD_NODE_QUEUE, t->node.address, HD_NODE_SUBSCRIPTION,
                                             &same, &same);
   pthread_rwlock_wrlock(&t->lock);

@@ -34,6 +34,7 @@ typedef struct hd_node {
   char *expiry_address;      /* NULL: drop expired messages */
   int max_deliveries;        /* 0: unlimited */
   int64_t max_depth;         /* 0: unlimited */
+  bool durable;              /* a queue whose durable messages go to the store */
 } hd_node_t;
 
 /* A message's place in one queue.  While available it sits in the queue's
@@ -51,6 +52,7 @@ typedef struct hd_entry {
 
 #define HD_ENT_DELIVERED 0x1u /* sent before: first-acquirer is false */
 #define HD_ENT_COPY 0x2u      /* a browser's copy: not acquired */
+#define HD_ENT_STORED 0x4u    /* has a record in the store */
 
 struct hd_queue;
 
@@ -94,6 +96,16 @@ typedef struct hd_queue {
   uint64_t next_expiry; /* earliest expiry among available entries, 0: none */
   hd_queue_stats_t st;
   uint64_t reported_expired, reported_dropped; /* server tick only */
+  /* Durability (queue_store.c); store_id 0: memory only. */
+  uint64_t store_id;
+  uint64_t pending;       /* puts submitted and not yet committed */
+  uint64_t paged;         /* messages only on disk (beyond the memory budget) */
+  uint64_t page_seq;      /* lowest seq that is only on disk */
+  uint64_t paged_max;     /* highest seq counted in `paged` */
+  bool depaging;          /* a consumer thread is reading from disk */
+  uint64_t hwm_done;      /* delivery high-water mark known to be on disk */
+  uint64_t hwm_asked;     /* ... and the highest one requested */
+  uint64_t hwm_recovered; /* mark found at start-up: up to it, redelivered */
 } hd_queue_t;
 
 typedef struct hd_topic {
@@ -123,6 +135,23 @@ static inline hd_topic_t *hd_node_topic(hd_node_t *n) {
 /* Deliver a message to a node.  The caller keeps its reference.  Returns 0,
  * HD_EFULL (queue at max-depth) or HD_ENOTFOUND (node deleted). */
 int hd_node_put(hd_node_t *n, hd_msg_t *m);
+
+/* The outcome of a delivery that waits for the store. */
+typedef struct hd_deliver_cb {
+  /* Store writer thread: 0 once the message is committed, or HD_EFULL
+   * (disk full) / another error when it was not stored. */
+  void (*done)(struct hd_deliver_cb *cb, int rc);
+} hd_deliver_cb_t;
+
+#define HD_PENDING 1 /* accepted for the store: the outcome comes via cb */
+
+/* Like hd_node_put, but a durable message to a durable queue returns
+ * HD_PENDING and reports through cb (when cb is non-NULL) after the commit;
+ * until then consumers do not see it. */
+int hd_node_deliver(hd_node_t *n, hd_msg_t *m, hd_deliver_cb_t *cb);
+
+/* True if a durable message sent to n waits for the store. */
+bool hd_node_stores(const hd_node_t *n);
 
 /* ---- queues ------------------------------------------------------------- */
 
@@ -169,6 +198,37 @@ hd_entry_t *hd_queue_take_expired(hd_queue_t *q, uint64_t now_ms);
 void hd_queue_stats(hd_queue_t *q, hd_queue_stats_t *out);
 
 void hd_entry_free(hd_entry_t *e);
+
+/* ---- durability (queue_store.c) ------------------------------------------ */
+
+struct hd_store;
+/* Use s for durable queues, keeping at most memory_budget message bytes in
+ * memory (beyond, queues page to disk).  NULL: everything in memory. */
+void hd_queues_use_store(struct hd_store *s, int64_t memory_budget);
+struct hd_store *hd_queues_store(void);
+/* Give a new queue a store id and record it (caller holds the address
+ * table's write lock, so no message can reach the queue before). */
+void hd_queue_make_durable(hd_queue_t *q);
+/* Start-up: rebuild durable queues and their messages from the store. */
+int hd_queues_recover(char *err, size_t errlen);
+
+/* queue.c internals shared with queue_store.c (queue lock held). */
+hd_entry_t *hd_entry_new(hd_msg_t *m, uint64_t seq, uint32_t delivery_count);
+void hd_queue_place_locked(hd_queue_t *q, hd_entry_t *e);
+void hd_queue_insert_locked(hd_queue_t *q, hd_entry_t *e);
+void hd_queue_dispatch_locked(hd_queue_t *q);
+/* Read messages from disk into memory when a consumer is about to run dry
+ * (consumer thread, no lock held). */
+void hd_queue_depage(hd_queue_t *q);
+/* Call fn(arg) on the store's writer thread once everything submitted so
+ * far is committed (at once, on this thread, when there is no store). */
+void hd_store_after(void (*fn)(void *arg, int rc), void *arg);
+/* Store side effects of settlement (queue lock not needed). */
+void hd_queue_store_del(hd_queue_t *q, const hd_entry_t *e);
+void hd_queue_store_update(hd_queue_t *q, const hd_entry_t *e);
+/* May e be sent now?  Durable queues first record a delivery high-water
+ * mark (asks for it and answers false when it is not on disk yet). */
+bool hd_queue_may_send_locked(hd_queue_t *q, const hd_entry_t *e);
 
 /* ---- topics ------------------------------------------------------------- */
 

@@ -17,7 +17,7 @@ void hd_entry_free(hd_entry_t *e) {
   free(e);
 }
 
-static hd_entry_t *entry_new(hd_msg_t *m, uint64_t seq, uint32_t delivery_count) {
+hd_entry_t *hd_entry_new(hd_msg_t *m, uint64_t seq, uint32_t delivery_count) {
   hd_entry_t *e = hd_xcalloc(1, sizeof *e);
   e->msg = hd_msg_ref(m);
   e->seq = seq;
@@ -121,6 +121,8 @@ static bool any_credit(hd_queue_t *q) {
 static void dispatch_waiting(hd_queue_t *q) {
   for (hd_entry_t *e = q->head, *next; e && any_credit(q); e = next) {
     next = e->next;
+    /* Later entries have higher seqs: if this one must wait, so do they. */
+    if (!hd_queue_may_send_locked(q, e)) break;
     hd_consumer_t *c = pick(q, e);
     if (c) {
       avail_unlink(q, e);
@@ -141,22 +143,35 @@ static void wake_browsers(hd_queue_t *q) {
 int hd_queue_put(hd_queue_t *q, hd_msg_t *m, uint32_t delivery_count) {
   if (atomic_load_explicit(&q->node.deleted, memory_order_relaxed)) return HD_ENOTFOUND;
   pthread_mutex_lock(&q->lock);
-  if (q->node.max_depth && q->available + q->in_flight >= (uint64_t)q->node.max_depth) {
+  if (q->node.max_depth &&
+      q->available + q->in_flight + q->paged + q->pending >= (uint64_t)q->node.max_depth) {
     pthread_mutex_unlock(&q->lock);
     return HD_EFULL;
   }
-  hd_entry_t *e = entry_new(m, q->next_seq++, delivery_count);
+  hd_entry_t *e = hd_entry_new(m, q->next_seq++, delivery_count);
   q->st.enqueued++;
-  hd_consumer_t *c = q->head ? NULL : pick(q, e); /* FIFO: waiting entries go first */
-  if (c) {
+  hd_queue_place_locked(q, e);
+  pthread_mutex_unlock(&q->lock);
+  return 0;
+}
+
+void hd_queue_place_locked(hd_queue_t *q, hd_entry_t *e) {
+  /* FIFO: entries already waiting go first. */
+  hd_consumer_t *c = q->head ? NULL : pick(q, e);
+  if (c && hd_queue_may_send_locked(q, e)) {
     give(q, c, e);
   } else {
     avail_insert(q, e);
     if (q->head != e && any_credit(q)) dispatch_waiting(q);
   }
   wake_browsers(q);
-  pthread_mutex_unlock(&q->lock);
-  return 0;
+}
+
+void hd_queue_insert_locked(hd_queue_t *q, hd_entry_t *e) { avail_insert(q, e); }
+
+void hd_queue_dispatch_locked(hd_queue_t *q) {
+  dispatch_waiting(q);
+  wake_browsers(q);
 }
 
 void hd_queue_attach(hd_queue_t *q, hd_consumer_t *c) {
@@ -211,7 +226,7 @@ static bool expired(const hd_entry_t *e, uint64_t now) {
 static void pump_browser(hd_queue_t *q, hd_consumer_t *c, uint64_t now) {
   for (hd_entry_t *e = q->head; e && c->credit > 0; e = e->next) {
     if (e->seq < c->browse_seq || expired(e, now)) continue;
-    hd_entry_t *copy = entry_new(e->msg, e->seq, e->delivery_count);
+    hd_entry_t *copy = hd_entry_new(e->msg, e->seq, e->delivery_count);
     copy->flags = HD_ENT_COPY | (e->flags & HD_ENT_DELIVERED);
     c->browse_seq = e->seq + 1;
     c->credit--;
@@ -222,8 +237,10 @@ static void pump_browser(hd_queue_t *q, hd_consumer_t *c, uint64_t now) {
 void hd_queue_pump(hd_queue_t *q, hd_consumer_t *c, int64_t link_credit, bool drain,
                    hd_batch_t *b) {
   memset(b, 0, sizeof *b);
+  if (q->paged) hd_queue_depage(q); /* racy peek; depage looks again under the lock */
   pthread_mutex_lock(&q->lock);
   uint64_t now = q->next_expiry ? hd_now_wall_ms() : 0;
+  bool waiting = false; /* entries there, but held for the delivery mark */
   c->credit = link_credit - (int64_t)c->out_count;
   if (c->browse) {
     pump_browser(q, c, now);
@@ -235,6 +252,9 @@ void hd_queue_pump(hd_queue_t *q, hd_consumer_t *c, int64_t link_credit, bool dr
         avail_unlink(q, e);
         e->next = b->expired;
         b->expired = e;
+      } else if (!hd_queue_may_send_locked(q, e)) {
+        waiting = true; /* the mark's commit will dispatch them */
+        break;
       } else if (!avoids(e, c->id)) {
         avail_unlink(q, e);
         c->credit--;
@@ -280,7 +300,9 @@ void hd_queue_pump(hd_queue_t *q, hd_consumer_t *c, int64_t link_credit, bool dr
     }
   }
   c->credit = link_credit - (int64_t)b->n;
-  if (drain && c->credit > 0) {
+  /* Messages still on disk or held for the mark are coming: not drained
+   * yet.  (Uncommitted ones are not available, so they do not count.) */
+  if (drain && c->credit > 0 && !waiting && !q->paged) {
     b->drained = true;
     c->credit = 0;
   }
@@ -308,6 +330,7 @@ void hd_queue_ack(hd_queue_t *q, hd_entry_t *e) {
     hd_entry_free(e);
     return;
   }
+  hd_queue_store_del(q, e);
   pthread_mutex_lock(&q->lock);
   q->in_flight--;
   q->st.acknowledged++;
@@ -320,7 +343,10 @@ bool hd_queue_release(hd_queue_t *q, hd_entry_t *e, bool failed, uint64_t avoid_
     hd_entry_free(e);
     return true;
   }
-  if (failed) e->delivery_count++;
+  if (failed) {
+    e->delivery_count++;
+    hd_queue_store_update(q, e);
+  }
   if (avoid_consumer && !avoids(e, avoid_consumer)) {
     e->avoid = hd_xrealloc(e->avoid, (e->n_avoid + 1) * sizeof *e->avoid);
     e->avoid[e->n_avoid++] = avoid_consumer;
@@ -347,6 +373,7 @@ bool hd_queue_release(hd_queue_t *q, hd_entry_t *e, bool failed, uint64_t avoid_
 void hd_queue_drop(hd_queue_t *q, hd_entry_t *e, int why) {
   pthread_mutex_lock(&q->lock);
   if (why != HD_DROP_EXPIRED) q->in_flight--; /* expired entries come from the list */
+  hd_queue_store_del(q, e);
   switch (why) {
   case HD_DROP_EXPIRED: q->st.expired++; break;
   case HD_DROP_DEAD: q->st.dead_lettered++; break;
@@ -382,7 +409,7 @@ void hd_queue_stats(hd_queue_t *q, hd_queue_stats_t *out) {
   *out = q->st;
   out->available = q->available;
   out->in_flight = q->in_flight;
-  out->depth = q->available + q->in_flight;
+  out->depth = q->available + q->in_flight + q->paged + q->pending;
   out->consumers = q->n_consumers;
   pthread_mutex_unlock(&q->lock);
 }

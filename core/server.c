@@ -21,6 +21,7 @@
 #include "hooks.h"
 #include "log.h"
 #include "modload.h"
+#include "store.h"
 #include "tls.h"
 #include "users.h"
 #include "util.h"
@@ -39,6 +40,7 @@ static struct {
   int exit_code;
   int nworkers;
   atomic_int running; /* workers still in their loop */
+  hd_store_t *store;
 } S;
 
 const hd_settings_t *hd_server_settings(void) { return atomic_load_explicit(&S.st, memory_order_acquire); }
@@ -229,6 +231,28 @@ static void *worker(void *arg) {
 
 static void on_memory_low(void) { hd_server_request_resume(); }
 
+/* Open the store and rebuild durable queues from it. */
+static int open_store(const hd_settings_t *st) {
+  char err[1024];
+  hd_store_opts_t o = {.flush_interval = st->store_flush_interval,
+                       .interval_ms = st->store_flush_interval_ms,
+                       .map_size = (uint64_t)st->store_map_size,
+                       .reserve = (uint64_t)st->store_reserve,
+                       .on_space = hd_server_request_resume};
+  int rc = hd_store_open(st->data_dir, &o, &S.store, err, sizeof err);
+  if (!rc) {
+    hd_queues_use_store(S.store, st->queue_memory);
+    rc = hd_queues_recover(err, sizeof err);
+  }
+  if (!rc) {
+    hd_addr_durable_declared();
+    rc = hd_store_start(S.store);
+    if (rc) snprintf(err, sizeof err, "store: cannot start its writer thread: %s", hd_strerror(rc));
+  }
+  if (rc) HD_LOG(HD_LOG_ERR, "core", "%s", err);
+  return rc;
+}
+
 static int open_listeners(const hd_settings_t *st) {
   hd_listener_t **tail = &S.listeners;
   for (const hd_listener_conf_t *lc = st->listeners; lc; lc = lc->next) {
@@ -277,6 +301,7 @@ int hd_server_run(hd_settings_t *st, const char *config_path) {
   int rc = hd_modules_init(err, sizeof err);
   if (!rc) rc = hd_modules_start(err, sizeof err);
   if (rc) HD_LOG(HD_LOG_ERR, "core", "%s", err);
+  if (!rc) rc = open_store(st);
   if (!rc) rc = open_listeners(st);
   if (rc) {
     S.exit_code = 1;
@@ -311,6 +336,9 @@ int hd_server_run(hd_settings_t *st, const char *config_path) {
   free(threads);
 
   pn_proactor_free(S.proactor);
+  /* After the workers: whatever they submitted is committed before exit. */
+  hd_store_close(S.store);
+  hd_queues_use_store(NULL, INT64_MAX);
   for (hd_listener_t *l = S.listeners, *n; l; l = n) {
     n = l->next;
     if (l->ssl) pn_ssl_domain_free(l->ssl);

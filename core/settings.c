@@ -23,6 +23,7 @@ const char hd_default_config[] =
 
 static const char *const log_levels[] = {"err", "warning", "notice", "info", "debug", NULL};
 static const char *const log_targets[] = {"stderr", "syslog", NULL};
+static const char *const store_flush[] = {"always", "interval", NULL};
 
 const hd_directive_t hd_broker_directives[] = {
     {"workers", HD_CFG_INT, 0, 0, 256, "0", NULL, "worker threads; 0 means one per CPU core"},
@@ -49,6 +50,18 @@ const hd_directive_t hd_broker_directives[] = {
      "failed deliveries before a message is dead-lettered (0: unlimited)"},
     {"max-depth", HD_CFG_INT, 0, 0, INT64_MAX, "0", NULL,
      "messages a queue holds before refusing more (0: unlimited)"},
+    {"durable", HD_CFG_BOOL, 0, 0, 0, "yes", NULL,
+     "queues keep durable messages in the store (survive crashes)"},
+    {"store-flush", HD_CFG_ENUM, 0, 0, 0, "always", store_flush,
+     "always: fsync every commit; interval: fsync every store-flush-interval (risk: see the man page)"},
+    {"store-flush-interval", HD_CFG_DURATION, 0, 1, 60000, "10ms", NULL,
+     "with store-flush = interval, how often commits are flushed to disk"},
+    {"store-map-size", HD_CFG_SIZE, 0, 1 << 20, INT64_MAX, "1G", NULL,
+     "initial size of the store's map; it doubles when full"},
+    {"store-reserve", HD_CFG_SIZE, 0, 0, INT64_MAX, "64M", NULL,
+     "free disk space kept back: below it new messages are refused and producers wait"},
+    {"queue-memory", HD_CFG_SIZE, 0, 1 << 20, INT64_MAX, "256M", NULL,
+     "message bytes durable queues keep in memory; beyond it messages stay on disk"},
     HD_DIRECTIVE_END};
 
 static const char *const client_auth[] = {"none", "required", NULL};
@@ -82,6 +95,7 @@ const hd_directive_t hd_node_directives[] = {
     {"expiry-address", HD_CFG_STRING, 0, 0, 0, NULL, NULL, "overrides [broker]"},
     {"max-deliveries", HD_CFG_INT, 0, 0, 1000000, NULL, NULL, "overrides [broker]"},
     {"max-depth", HD_CFG_INT, 0, 0, INT64_MAX, NULL, NULL, "overrides [broker]"},
+    {"durable", HD_CFG_BOOL, 0, 0, 0, NULL, NULL, "overrides [broker] (queues only)"},
     HD_DIRECTIVE_END};
 
 static int parse_mechs(const char *text, unsigned *out) {
@@ -195,6 +209,7 @@ static int build_node(hd_settings_t *st, hd_cfg_section_t *s, hd_node_type_t typ
   n->opts.expiry_address = opt_str(s, "expiry-address");
   n->opts.max_deliveries = opt_int(s, "max-deliveries");
   n->opts.max_depth = hd_cfg_has(s, "max-depth") ? hd_cfg_int(s, "max-depth") : -1;
+  n->opts.durable = hd_cfg_has(s, "durable") ? hd_cfg_bool(s, "durable") : -1;
   n->next = st->nodes;
   st->nodes = n;
   return 0;
@@ -249,6 +264,12 @@ int hd_settings_build(hd_config_t *cfg, hd_settings_t **out, char *err, size_t e
   st->defaults.expiry_address = hd_cfg_str(b, "expiry-address");
   st->defaults.max_deliveries = (int)hd_cfg_int(b, "max-deliveries");
   st->defaults.max_depth = hd_cfg_int(b, "max-depth");
+  st->defaults.durable = hd_cfg_bool(b, "durable");
+  st->store_flush_interval = strcmp(hd_cfg_str(b, "store-flush"), "interval") == 0;
+  st->store_flush_interval_ms = (uint32_t)hd_cfg_int(b, "store-flush-interval");
+  st->store_map_size = hd_cfg_int(b, "store-map-size");
+  st->store_reserve = hd_cfg_int(b, "store-reserve");
+  st->queue_memory = hd_cfg_int(b, "queue-memory");
 
   for (hd_cfg_section_t *s = cfg->sections; s; s = s->next) {
     if (strcmp(s->kind, "broker") == 0) continue;

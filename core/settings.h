@@ -38,6 +38,7 @@ typedef struct hd_node_opts {
   const char *expiry_address;      /* "" means none: expired messages are dropped */
   int max_deliveries;              /* 0: unlimited */
   int64_t max_depth;               /* 0: unlimited */
+  int durable;                     /* queues: 1 durable, 0 memory only, -1 default */
 } hd_node_opts_t;
 
 typedef struct hd_node_conf {
@@ -61,6 +62,9 @@ typedef struct hd_settings {
   bool auto_create;
   const char *topic_prefix;
   hd_node_opts_t defaults; /* every field set */
+  bool store_flush_interval;
+  uint32_t store_flush_interval_ms;
+  int64_t store_map_size, store_reserve, queue_memory;
   hd_listener_conf_t *listeners;
   hd_node_conf_t *nodes;
 } hd_settings_t;

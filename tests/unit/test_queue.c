@@ -70,8 +70,8 @@ static int teardown(void **state) {
 }
 
 static hd_queue_t *new_queue(int max_deliveries, int64_t max_depth) {
-  hd_node_opts_t defaults = {"", "", 0, 0};
-  hd_node_opts_t opts = {NULL, NULL, max_deliveries, max_depth};
+  hd_node_opts_t defaults = {"", "", 0, 0, 0};
+  hd_node_opts_t opts = {NULL, NULL, max_deliveries, max_depth, 0};
   hd_node_t *n = hd_node_new(HD_NODE_QUEUE, "q", 0, &opts, &defaults);
   assert_non_null(n);
   hd_queue_t *q = hd_node_queue(n);

@@ -229,6 +229,7 @@ typedef struct hd_node_spec {
   int max_deliveries;              /* -1: default; 0: unlimited */
   int64_t max_depth;               /* -1: default; 0: unlimited */
   hd_refusal_t refusal;
+  int durable;                     /* queues: 1, 0, or -1 for the default */
 } hd_node_spec_t;
 
 typedef struct hd_tick {

@@ -1,0 +1,364 @@
+/* Durable queues: what the store means for a queue.
+ *
+ * Enqueue: a durable message to a durable queue gets its seq and its PUT
+ * submitted under the queue lock, so the store commits a queue's messages in
+ * seq order.  Only after the commit does the message become visible to
+ * consumers and its producer hear `accepted`: a consumer never sees a
+ * message that a crash could take back.  Non-durable messages that arrive
+ * while earlier durable ones wait ride along as no-ops, keeping order.
+ *
+ * Paging: while the bytes held in memory exceed the budget, committed
+ * messages stay only on disk.  Memory then holds a prefix of the queue
+ * (every seq in memory is below `page_seq`); consumers that run low read the
+ * next messages back (hd_queue_depage).
+ *
+ * Delivery mark: before a durable queue sends seq S it has "S may have been
+ * delivered" on disk (HD_OP_HWM, reserved HWM_AHEAD beyond what it needs so
+ * that consumers seldom wait).  After a crash, messages up to the mark come
+ * back as redeliveries (delivery-count + 1, first-acquirer false). */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "address.h"
+#include "log.h"
+#include "node.h"
+#include "store.h"
+#include "util.h"
+
+#define HWM_AHEAD 512
+#define DEPAGE_LOW 256     /* read from disk when fewer are available */
+#define DEPAGE_BATCH 1024  /* ... this many at most ... */
+#define DEPAGE_BYTES (4u << 20) /* ... or this many bytes */
+
+static hd_store_t *store;
+static int64_t budget = INT64_MAX;
+
+void hd_queues_use_store(hd_store_t *s, int64_t memory_budget) {
+  store = s;
+  budget = memory_budget;
+}
+
+hd_store_t *hd_queues_store(void) { return store; }
+
+static bool over_budget(void) { return hd_msg_mem_used() > budget; }
+
+bool hd_node_stores(const hd_node_t *n) {
+  return store && n->type == HD_NODE_QUEUE && ((const hd_queue_t *)n)->store_id;
+}
+
+void hd_queue_make_durable(hd_queue_t *q) {
+  if (!store || q->store_id) return;
+  q->store_id = hd_store_new_node_id(store);
+  hd_node_opts_t o = {q->node.dead_letter_address ? q->node.dead_letter_address : "",
+                      q->node.expiry_address ? q->node.expiry_address : "",
+                      q->node.max_deliveries, q->node.max_depth, 1};
+  hd_store_op_t *op = hd_store_op_new(HD_OP_NODE_PUT);
+  op->node = q->store_id;
+  op->blob = hd_store_node_blob(HD_NODE_QUEUE, q->node.address, &o, &op->blob_len);
+  hd_store_submit(store, op);
+}
+
+typedef struct after_op {
+  hd_store_op_t op;
+  void (*fn)(void *arg, int rc);
+  void *fn_arg;
+} after_op_t;
+
+static void after_done(hd_store_op_t *op, int rc) {
+  after_op_t *a = (after_op_t *)op;
+  a->fn(a->fn_arg, rc);
+  hd_store_op_free(op);
+}
+
+void hd_store_after(void (*fn)(void *arg, int rc), void *arg) {
+  if (!store) {
+    fn(arg, 0);
+    return;
+  }
+  after_op_t *a = hd_xcalloc(1, sizeof *a);
+  a->op.kind = HD_OP_BARRIER;
+  a->op.done = after_done;
+  a->fn = fn;
+  a->fn_arg = arg;
+  hd_store_submit(store, &a->op);
+}
+
+/* ---- settlement side effects ------------------------------------------------ */
+
+void hd_queue_store_del(hd_queue_t *q, const hd_entry_t *e) {
+  if (!store || !(e->flags & HD_ENT_STORED)) return;
+  hd_store_op_t *op = hd_store_op_new(HD_OP_DEL);
+  op->node = q->store_id;
+  op->seq = e->seq;
+  hd_store_submit(store, op);
+}
+
+void hd_queue_store_update(hd_queue_t *q, const hd_entry_t *e) {
+  if (!store || !(e->flags & HD_ENT_STORED)) return;
+  hd_store_op_t *op = hd_store_op_new(HD_OP_UPDATE);
+  op->node = q->store_id;
+  op->seq = e->seq;
+  op->delivery_count = e->delivery_count;
+  hd_store_submit(store, op);
+}
+
+/* ---- the delivery mark ------------------------------------------------------- */
+
+static void hwm_done(hd_store_op_t *op, int rc) {
+  hd_queue_t *q = op->arg;
+  pthread_mutex_lock(&q->lock);
+  if (rc == 0 && op->seq > q->hwm_done) q->hwm_done = op->seq;
+  if (rc != 0) q->hwm_asked = q->hwm_done; /* ask again on the next send */
+  hd_queue_dispatch_locked(q);
+  pthread_mutex_unlock(&q->lock);
+  hd_node_unref(&q->node);
+  hd_store_op_free(op);
+}
+
+static void hwm_ask(hd_queue_t *q, uint64_t seq) {
+  hd_store_op_t *op = hd_store_op_new(HD_OP_HWM);
+  op->node = q->store_id;
+  op->seq = q->hwm_asked = seq + HWM_AHEAD;
+  op->done = hwm_done;
+  op->arg = hd_node_ref(&q->node);
+  hd_store_submit(store, op);
+}
+
+bool hd_queue_may_send_locked(hd_queue_t *q, const hd_entry_t *e) {
+  if (!q->store_id || !store || (e->flags & HD_ENT_COPY)) return true;
+  /* Ask for the next stretch early, so that consumers seldom wait. */
+  if (e->seq + HWM_AHEAD / 2 > q->hwm_asked) hwm_ask(q, e->seq);
+  return e->seq <= q->hwm_done;
+}
+
+/* ---- enqueue ------------------------------------------------------------------- */
+
+typedef struct put_op {
+  hd_store_op_t op; /* first: the store frees put_op through it */
+  hd_queue_t *q;
+  hd_deliver_cb_t *cb;
+} put_op_t;
+
+static void put_done(hd_store_op_t *op, int rc) {
+  put_op_t *p = (put_op_t *)op;
+  hd_queue_t *q = p->q;
+  bool stored = op->kind == HD_OP_PUT && rc == 0;
+  /* A paging write of a non-durable message that failed keeps the message
+   * in memory instead: it was never promised to the disk. */
+  bool keep = stored || op->kind == HD_OP_NOP || (op->flags & HD_REC_NONDURABLE);
+  pthread_mutex_lock(&q->lock);
+  q->pending--;
+  if (keep) q->st.enqueued++;
+  if (stored && (q->paged || over_budget())) {
+    q->paged++;
+    if (!q->page_seq || op->seq < q->page_seq) q->page_seq = op->seq;
+    if (op->seq > q->paged_max) q->paged_max = op->seq;
+  } else if (keep) {
+    hd_entry_t *e = hd_entry_new(op->msg, op->seq, op->delivery_count);
+    if (stored) e->flags |= HD_ENT_STORED;
+    hd_queue_place_locked(q, e);
+  }
+  pthread_mutex_unlock(&q->lock);
+  if (p->cb) p->cb->done(p->cb, stored ? 0 : rc ? rc : -EIO);
+  hd_node_unref(&q->node);
+  hd_store_op_free(op);
+}
+
+static int queue_deliver(hd_queue_t *q, hd_msg_t *m, hd_deliver_cb_t *cb) {
+  bool durable = m->flags & HD_MSG_DURABLE;
+  pthread_mutex_lock(&q->lock);
+  if (atomic_load_explicit(&q->node.deleted, memory_order_relaxed)) {
+    pthread_mutex_unlock(&q->lock);
+    return HD_ENOTFOUND;
+  }
+  if (q->node.max_depth &&
+      q->available + q->in_flight + q->paged + q->pending >= (uint64_t)q->node.max_depth) {
+    pthread_mutex_unlock(&q->lock);
+    return HD_EFULL;
+  }
+  if (!durable && !q->pending && !q->paged && !over_budget()) {
+    hd_entry_t *e = hd_entry_new(m, q->next_seq++, m->delivery_count);
+    q->st.enqueued++;
+    hd_queue_place_locked(q, e);
+    pthread_mutex_unlock(&q->lock);
+    return 0;
+  }
+  put_op_t *p = hd_xcalloc(1, sizeof *p);
+  hd_store_op_t *op = &p->op;
+  op->kind = durable || q->paged || over_budget() ? HD_OP_PUT : HD_OP_NOP;
+  if (!durable && op->kind == HD_OP_PUT) op->flags = HD_REC_NONDURABLE;
+  op->node = q->store_id;
+  op->seq = q->next_seq++;
+  op->msg = hd_msg_ref(m);
+  op->delivery_count = m->delivery_count;
+  op->done = put_done;
+  p->q = (hd_queue_t *)hd_node_ref(&q->node);
+  p->cb = durable ? cb : NULL;
+  q->pending++;
+  /* Submitted under the queue lock: the store commits this queue's
+   * messages in seq order. */
+  hd_store_submit(store, op);
+  pthread_mutex_unlock(&q->lock);
+  return durable && cb ? HD_PENDING : 0;
+}
+
+int hd_node_deliver(hd_node_t *n, hd_msg_t *m, hd_deliver_cb_t *cb) {
+  if (!hd_node_stores(n)) return hd_node_put(n, m);
+  return queue_deliver((hd_queue_t *)n, m, cb);
+}
+
+/* ---- reading back from disk --------------------------------------------------- */
+
+typedef struct load {
+  hd_queue_t *q;
+  uint64_t limit;     /* stop after this seq (0: none) */
+  uint64_t hwm;       /* redeliveries up to here */
+  hd_entry_t *head, *tail;
+  size_t count, bytes, seen;
+  size_t max_count, max_bytes; /* one depage read */
+  uint64_t last_seq;
+  bool stop_at_budget;         /* start-up: fill memory up to the budget */
+  bool persist_bump;           /* start-up: write the raised delivery counts */
+  int err;
+} load_t;
+
+static int load_one(const hd_store_rec_t *r, void *arg) {
+  load_t *l = arg;
+  if (l->limit && r->seq > l->limit) return 1;
+  if (l->stop_at_budget && over_budget()) return 1;
+  l->seen++;
+  l->last_seq = r->seq;
+  if (r->flags & HD_REC_NONDURABLE) {
+    /* Written only to page; it does not outlive the process that wrote it. */
+    hd_store_op_t *op = hd_store_op_new(HD_OP_DEL);
+    op->node = l->q->store_id;
+    op->seq = r->seq;
+    hd_store_submit(store, op);
+    return 0;
+  }
+  hd_msg_t *m = hd_msg_alloc(r->len);
+  if (!m) {
+    l->err = -ENOMEM;
+    return 1;
+  }
+  memcpy(m->buf, r->bytes, r->len);
+  const char *why;
+  if (hd_msg_parse(m, 0, &why) != 0) {
+    HD_LOG(HD_LOG_ERR, "core", "queue '%s', stored message %" PRIu64 " is unreadable (%s); skipped, "
+           "still on disk for hadron-store check", l->q->node.address, r->seq, why);
+    hd_msg_unref(m);
+    return 0;
+  }
+  m->expiry_ms = r->expiry_ms;
+  uint32_t dc = r->delivery_count;
+  hd_entry_t *e = hd_entry_new(m, r->seq, dc);
+  hd_msg_unref(m);
+  e->flags |= HD_ENT_STORED;
+  if (r->seq <= l->hwm) { /* may have been delivered before the crash */
+    e->delivery_count++;
+    e->flags |= HD_ENT_DELIVERED;
+    if (l->persist_bump) hd_queue_store_update(l->q, e);
+  }
+  if (l->tail) l->tail->next = e; else l->head = e;
+  l->tail = e;
+  l->count++;
+  l->bytes += r->len;
+  return (l->max_count && l->count >= l->max_count) || (l->max_bytes && l->bytes >= l->max_bytes);
+}
+
+static void insert_all(hd_queue_t *q, hd_entry_t *list) {
+  for (hd_entry_t *e = list, *next; e; e = next) {
+    next = e->next;
+    e->next = NULL;
+    hd_queue_insert_locked(q, e);
+  }
+}
+
+void hd_queue_depage(hd_queue_t *q) {
+  pthread_mutex_lock(&q->lock);
+  bool go = store && q->paged && !q->depaging && q->available < DEPAGE_LOW;
+  uint64_t from = q->page_seq, limit = q->paged_max;
+  if (go) q->depaging = true;
+  pthread_mutex_unlock(&q->lock);
+  if (!go) return;
+  load_t l = {.q = q, .limit = limit, .hwm = q->hwm_recovered, .max_count = DEPAGE_BATCH,
+              .max_bytes = DEPAGE_BYTES};
+  long n = hd_store_scan(store, q->store_id, from, SIZE_MAX, load_one, &l);
+  pthread_mutex_lock(&q->lock);
+  insert_all(q, l.head);
+  if (n < 0 || (l.seen == 0 && q->paged)) {
+    HD_LOG(HD_LOG_ERR, "core", "queue '%s', %" PRIu64 " messages are counted on disk but cannot be read (%s); "
+           "run hadron-store check", q->node.address, q->paged, n < 0 ? hd_strerror((int)n) : "none found");
+    q->paged = 0;
+  } else {
+    q->paged = l.seen > q->paged ? 0 : q->paged - l.seen;
+    q->page_seq = l.last_seq + 1;
+  }
+  if (!q->paged) q->page_seq = q->paged_max = 0;
+  q->depaging = false;
+  hd_queue_dispatch_locked(q);
+  pthread_mutex_unlock(&q->lock);
+}
+
+/* ---- start-up ----------------------------------------------------------------------- */
+
+static int recover_node(const hd_store_node_t *sn, void *arg) {
+  char *err = ((char **)arg)[0];
+  size_t errlen = (size_t)(uintptr_t)((char **)arg)[1];
+  if (sn->type != HD_NODE_QUEUE) return 0;
+  hd_node_t *n = hd_addr_find(sn->address, strlen(sn->address));
+  if (n && n->type != HD_NODE_QUEUE) {
+    snprintf(err, errlen,
+             "the store holds queue '%s' with %" PRIu64 " messages, but the config declares it a topic; "
+             "declare it as [queue %s] (or drain it with the old config first)",
+             sn->address, sn->count, sn->address);
+    hd_node_unref(n);
+    return HD_ECONFIG;
+  }
+  if (!n) n = hd_addr_adopt(sn->address, &sn->opts);
+  hd_queue_t *q = (hd_queue_t *)n;
+  q->store_id = sn->id;
+  q->hwm_done = q->hwm_asked = q->hwm_recovered = sn->hwm;
+  q->next_seq = (sn->max_seq > sn->hwm ? sn->max_seq : sn->hwm) + 1;
+  load_t l = {.q = q, .hwm = sn->hwm, .stop_at_budget = true, .persist_bump = true};
+  long got = hd_store_scan(store, q->store_id, 0, SIZE_MAX, load_one, &l);
+  pthread_mutex_lock(&q->lock);
+  insert_all(q, l.head);
+  pthread_mutex_unlock(&q->lock);
+  if (got < 0 || l.err) {
+    snprintf(err, errlen, "queue '%s' in the store cannot be read (%s); run hadron-store check",
+             sn->address, hd_strerror(got < 0 ? (int)got : l.err));
+    hd_node_unref(n);
+    return HD_ECONFIG;
+  }
+  q->st.enqueued = q->available;
+  /* Every message up to the mark is loaded and its raised count written:
+   * start a new mark, so that the next crash raises only what is delivered
+   * from now on.  (Otherwise keep it; depaging raises counts in memory.) */
+  if (sn->hwm && (l.last_seq >= sn->hwm || sn->count == l.seen)) {
+    hd_store_op_t *op = hd_store_op_new(HD_OP_HWM);
+    op->node = q->store_id;
+    op->seq = 0;
+    hd_store_submit(store, op);
+    q->hwm_done = q->hwm_asked = q->hwm_recovered = 0;
+  }
+  if (sn->count > l.seen) {
+    q->paged = sn->count - l.seen;
+    q->page_seq = l.seen ? l.last_seq + 1 : 1;
+    q->paged_max = sn->max_seq;
+  }
+  HD_LOG(HD_LOG_NOTICE, "core", "queue '%s', recovered %" PRIu64 " messages (%" PRIu64 " in memory, %" PRIu64
+         " on disk)", sn->address, q->available + q->paged, q->available, q->paged);
+  hd_node_unref(n);
+  return 0;
+}
+
+int hd_queues_recover(char *err, size_t errlen) {
+  if (!store) return 0;
+  char *arg[2] = {err, (char *)(uintptr_t)errlen};
+  return hd_store_each_node(store, recover_node, arg, err, errlen);
+}

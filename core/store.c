@@ -1,0 +1,851 @@
+/* The durable store: LMDB environment, record formats, the writer thread
+ * with group commit, map growth and disk-full handling.  See store.h. */
+#include "config.h"
+
+#include "store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+
+#include "log.h"
+#include "store_format.h"
+#include "util.h"
+
+/* Operations per transaction: enough to amortise the fsync, few enough that
+ * the first submitter does not wait behind a huge batch. */
+#define MAX_BATCH 8192
+
+struct hd_store {
+  MDB_env *env;
+  MDB_dbi meta, nodes, msgs, qstat, hwm;
+  char *dir;
+  hd_store_opts_t opts;
+  uint64_t map_size;
+  pthread_rwlock_t map_lock; /* readers vs. map growth */
+  pthread_t writer;
+  bool started;
+  pthread_mutex_t lock; /* guards the op queue and `stop` */
+  pthread_cond_t cond;
+  hd_store_op_t *head, *tail;
+  bool stop;
+  _Atomic uint64_t next_node;
+  atomic_bool full;      /* free space below the reserve */
+  uint64_t space_budget; /* bytes writable before measuring again (writer) */
+  _Atomic uint64_t commits, ops, syncs, failed, grows;
+};
+
+static const char *lmdb_err(int rc) { return rc == ENOSPC ? "no space left on the device" : mdb_strerror(rc); }
+
+/* ---- operations ---------------------------------------------------------------- */
+
+hd_store_op_t *hd_store_op_new(hd_store_op_kind_t kind) {
+  hd_store_op_t *op = hd_xcalloc(1, sizeof *op);
+  op->kind = kind;
+  return op;
+}
+
+void hd_store_op_free(hd_store_op_t *op) {
+  if (!op) return;
+  hd_msg_unref(op->msg);
+  free(op->blob);
+  free(op);
+}
+
+void hd_store_submit(hd_store_t *s, hd_store_op_t *op) {
+  op->next = NULL;
+  pthread_mutex_lock(&s->lock);
+  bool was_empty = !s->head;
+  if (s->tail) s->tail->next = op; else s->head = op;
+  s->tail = op;
+  if (was_empty) pthread_cond_signal(&s->cond);
+  pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- open ---------------------------------------------------------------------- */
+
+static int refuse(char *err, size_t errlen, const char *dir, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int refuse(char *err, size_t errlen, const char *dir, const char *fmt, ...) {
+  int n = snprintf(err, errlen, "store %s: ", dir);
+  va_list ap;
+  va_start(ap, fmt);
+  if (n > 0 && (size_t)n < errlen) vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+  va_end(ap);
+  return HD_ECONFIG;
+}
+
+static int open_dbis(hd_store_t *s, MDB_txn *txn, unsigned flags) {
+  int rc;
+  if ((rc = mdb_dbi_open(txn, "meta", flags, &s->meta))) return rc;
+  if ((rc = mdb_dbi_open(txn, "nodes", flags, &s->nodes))) return rc;
+  if ((rc = mdb_dbi_open(txn, "msgs", flags, &s->msgs))) return rc;
+  if ((rc = mdb_dbi_open(txn, "qstat", flags, &s->qstat))) return rc;
+  return mdb_dbi_open(txn, "hwm", flags, &s->hwm);
+}
+
+static int meta_get64(MDB_txn *txn, MDB_dbi dbi, const char *key, uint64_t *v) {
+  MDB_val k = {strlen(key), (void *)key}, d;
+  int rc = mdb_get(txn, dbi, &k, &d);
+  if (rc) return rc;
+  if (d.mv_size != 8) return MDB_CORRUPTED;
+  *v = hd_get64(d.mv_data);
+  return 0;
+}
+
+static int meta_put64(MDB_txn *txn, MDB_dbi dbi, const char *key, uint64_t v) {
+  uint8_t b[8];
+  hd_put64(b, v);
+  MDB_val k = {strlen(key), (void *)key}, d = {8, b};
+  return mdb_put(txn, dbi, &k, &d, 0);
+}
+
+/* Create the databases and write the format of a brand-new store. */
+static int create_new(hd_store_t *s, char *err, size_t errlen) {
+  MDB_txn *txn;
+  int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+  if (!rc) rc = open_dbis(s, txn, MDB_CREATE);
+  if (!rc) rc = meta_put64(txn, s->meta, "format", HD_STORE_FORMAT);
+  if (!rc) rc = meta_put64(txn, s->meta, "next-node", 1);
+  if (rc) {
+    mdb_txn_abort(txn);
+    return refuse(err, errlen, s->dir, "cannot initialise: %s", lmdb_err(rc));
+  }
+  if ((rc = mdb_txn_commit(txn))) return refuse(err, errlen, s->dir, "cannot initialise: %s", lmdb_err(rc));
+  atomic_store(&s->next_node, 1);
+  HD_LOG(HD_LOG_NOTICE, "core", "store '%s', created (format %d)", s->dir, HD_STORE_FORMAT);
+  return 0;
+}
+
+static int check_existing(hd_store_t *s, char *err, size_t errlen) {
+  MDB_txn *txn;
+  int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+  if (rc) return refuse(err, errlen, s->dir, "cannot read: %s", lmdb_err(rc));
+  MDB_dbi main_dbi;
+  MDB_stat st;
+  rc = mdb_dbi_open(txn, NULL, 0, &main_dbi);
+  if (!rc) rc = mdb_stat(txn, main_dbi, &st);
+  if (rc) {
+    mdb_txn_abort(txn);
+    return refuse(err, errlen, s->dir, "unreadable (%s); move it away to start empty, or restore a backup", lmdb_err(rc));
+  }
+  if (st.ms_entries == 0) { /* a new environment */
+    mdb_txn_abort(txn);
+    return create_new(s, err, errlen);
+  }
+  rc = open_dbis(s, txn, 0);
+  if (rc == MDB_NOTFOUND) {
+    mdb_txn_abort(txn);
+    return refuse(err, errlen, s->dir,
+                  "holds an LMDB database without Hadron's tables: not a Hadron store, or a damaged one; "
+                  "move it away (or restore a backup) and start with an empty data-dir");
+  }
+  if (rc) {
+    mdb_txn_abort(txn);
+    return refuse(err, errlen, s->dir, "is corrupt (%s); move it away to start empty, or restore a backup",
+                  lmdb_err(rc));
+  }
+  uint64_t format = 0, next = 0;
+  if (!rc) rc = meta_get64(txn, s->meta, "format", &format);
+  if (!rc) rc = meta_get64(txn, s->meta, "next-node", &next);
+  /* Commit, not abort: database handles opened in an aborted transaction
+   * are closed with it. */
+  if (rc)
+    mdb_txn_abort(txn);
+  else
+    rc = mdb_txn_commit(txn);
+  if (rc)
+    return refuse(err, errlen, s->dir, "its format record is missing or damaged (%s); it was not written by hadrond, or is corrupt",
+                  lmdb_err(rc));
+  if (format != HD_STORE_FORMAT)
+    return refuse(err, errlen, s->dir,
+                  "has format %" PRIu64 ", this hadrond reads format %d only; run the hadrond that wrote it, "
+                  "or start with another data-dir (nothing was changed)",
+                  format, HD_STORE_FORMAT);
+  atomic_store(&s->next_node, next);
+  return 0;
+}
+
+int hd_store_open(const char *data_dir, const hd_store_opts_t *opts, hd_store_t **out, char *err,
+                  size_t errlen) {
+  hd_store_t *s = hd_xcalloc(1, sizeof *s);
+  char path[4096];
+  snprintf(path, sizeof path, "%s/store", data_dir);
+  s->dir = hd_xstrdup(path);
+  s->opts = *opts;
+  s->map_size = opts->map_size;
+  pthread_rwlock_init(&s->map_lock, NULL);
+  pthread_mutex_init(&s->lock, NULL);
+  pthread_cond_init(&s->cond, NULL);
+  int rc;
+  if (mkdir(path, 0750) != 0 && errno != EEXIST) {
+    rc = refuse(err, errlen, path, "cannot create: %s", strerror(errno));
+    goto fail;
+  }
+  if ((rc = mdb_env_create(&s->env))) {
+    rc = refuse(err, errlen, path, "%s", lmdb_err(rc));
+    goto fail;
+  }
+  mdb_env_set_maxdbs(s->env, 8);
+  mdb_env_set_maxreaders(s->env, 512);
+  mdb_env_set_mapsize(s->env, (size_t)s->map_size);
+  unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (opts->flush_interval ? MDB_NOSYNC : 0);
+  rc = mdb_env_open(s->env, path, flags, 0640);
+  if (rc == MDB_INVALID || rc == MDB_CORRUPTED || rc == MDB_PANIC) {
+    rc = refuse(err, errlen, path,
+                "is corrupt (%s); hadrond does not repair or empty a store: move it away to start "
+                "empty, or restore a backup",
+                lmdb_err(rc));
+    goto fail;
+  }
+  if (rc == MDB_VERSION_MISMATCH) {
+    rc = refuse(err, errlen, path, "was written by another LMDB version (%s)", lmdb_err(rc));
+    goto fail;
+  }
+  if (rc) {
+    rc = refuse(err, errlen, path, "cannot open: %s", lmdb_err(rc));
+    goto fail;
+  }
+  MDB_envinfo info;
+  mdb_env_info(s->env, &info);
+  s->map_size = info.me_mapsize; /* an existing store may be larger */
+  if ((rc = check_existing(s, err, errlen))) goto fail;
+  *out = s;
+  return 0;
+fail:
+  if (s->env) mdb_env_close(s->env);
+  pthread_rwlock_destroy(&s->map_lock);
+  pthread_mutex_destroy(&s->lock);
+  pthread_cond_destroy(&s->cond);
+  free(s->dir);
+  free(s);
+  return rc;
+}
+
+uint64_t hd_store_new_node_id(hd_store_t *s) { return atomic_fetch_add(&s->next_node, 1); }
+
+void hd_store_get_stats(hd_store_t *s, hd_store_stats_t *o) {
+  o->commits = atomic_load(&s->commits);
+  o->ops = atomic_load(&s->ops);
+  o->syncs = atomic_load(&s->syncs);
+  o->failed_commits = atomic_load(&s->failed);
+  o->map_grows = atomic_load(&s->grows);
+  o->map_size = s->map_size;
+}
+
+/* ---- node records ----------------------------------------------------------- */
+
+static size_t put_str(uint8_t *p, const char *s) {
+  size_t n = s ? strlen(s) : 0;
+  if (n > 65535) n = 65535;
+  p[0] = (uint8_t)(n >> 8);
+  p[1] = (uint8_t)n;
+  memcpy(p + 2, s ? s : "", n);
+  return 2 + n;
+}
+
+void *hd_store_node_blob(hd_node_type_t type, const char *address, const hd_node_opts_t *o,
+                         size_t *len) {
+  size_t cap = 24 + 6 + strlen(address) + (o->dead_letter_address ? strlen(o->dead_letter_address) : 0) +
+               (o->expiry_address ? strlen(o->expiry_address) : 0);
+  uint8_t *b = hd_xcalloc(1, cap), *p = b;
+  p[0] = 1; /* record version */
+  p[1] = (uint8_t)type;
+  hd_put32(p + 4, (uint32_t)o->max_deliveries);
+  hd_put64(p + 8, (uint64_t)o->max_depth);
+  p += 16;
+  p += put_str(p, address);
+  p += put_str(p, o->dead_letter_address);
+  p += put_str(p, o->expiry_address);
+  *len = (size_t)(p - b);
+  return b;
+}
+
+static const uint8_t *get_str(const uint8_t *p, const uint8_t *end, char **out) {
+  if (!p || end - p < 2) return NULL;
+  size_t n = (size_t)p[0] << 8 | p[1];
+  if ((size_t)(end - p - 2) < n) return NULL;
+  *out = hd_xstrndup((const char *)p + 2, n);
+  return p + 2 + n;
+}
+
+/* ---- reading ------------------------------------------------------------------ */
+
+static int read_begin(hd_store_t *s, MDB_txn **txn) {
+  pthread_rwlock_rdlock(&s->map_lock);
+  int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, txn);
+  if (rc) pthread_rwlock_unlock(&s->map_lock);
+  return rc;
+}
+
+static void read_end(hd_store_t *s, MDB_txn *txn) {
+  mdb_txn_abort(txn);
+  pthread_rwlock_unlock(&s->map_lock);
+}
+
+static void read_qstat(hd_store_t *s, MDB_txn *txn, uint64_t node, uint64_t *count, uint64_t *max_seq, uint64_t *hwm) {
+  uint8_t k[8];
+  hd_put64(k, node);
+  MDB_val key = {8, k}, d;
+  *count = *max_seq = *hwm = 0;
+  if (mdb_get(txn, s->qstat, &key, &d) == 0 && d.mv_size == 16) {
+    *count = hd_get64(d.mv_data);
+    *max_seq = hd_get64((uint8_t *)d.mv_data + 8);
+  }
+  if (mdb_get(txn, s->hwm, &key, &d) == 0 && d.mv_size == 8) *hwm = hd_get64(d.mv_data);
+}
+
+int hd_store_each_node(hd_store_t *s, int (*fn)(const hd_store_node_t *n, void *arg), void *arg,
+                       char *err, size_t errlen) {
+  MDB_txn *txn;
+  int rc = read_begin(s, &txn);
+  if (rc) return refuse(err, errlen, s->dir, "cannot read: %s", lmdb_err(rc));
+  MDB_cursor *c;
+  if ((rc = mdb_cursor_open(txn, s->nodes, &c))) {
+    read_end(s, txn);
+    return refuse(err, errlen, s->dir, "cannot read its nodes: %s", lmdb_err(rc));
+  }
+  MDB_val k, d;
+  int result = 0;
+  for (rc = mdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0 && !result; rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+    const uint8_t *p = d.mv_data, *end = p + d.mv_size;
+    hd_store_node_t n = {0};
+    char *addr = NULL, *dla = NULL, *exp = NULL;
+    if (k.mv_size != 8 || d.mv_size < 16 || p[0] != 1 ||
+        !get_str(get_str(get_str(p + 16, end, &addr), end, &dla), end, &exp)) {
+      result = refuse(err, errlen, s->dir, "node record is damaged; run hadron-store check");
+    } else {
+      n.id = hd_get64(k.mv_data);
+      n.type = (hd_node_type_t)p[1];
+      n.address = addr;
+      n.opts = (hd_node_opts_t){dla, exp, (int)hd_get32(p + 4), (int64_t)hd_get64(p + 8), 1};
+      read_qstat(s, txn, n.id, &n.count, &n.max_seq, &n.hwm);
+      result = fn(&n, arg);
+    }
+    free(addr);
+    free(dla);
+    free(exp);
+  }
+  mdb_cursor_close(c);
+  read_end(s, txn);
+  return result;
+}
+
+static int parse_rec(const MDB_val *k, const MDB_val *d, hd_store_rec_t *r) {
+  const uint8_t *p = d->mv_data;
+  if (k->mv_size != 16 || d->mv_size < HD_REC_HDR || p[0] != 1) return -1;
+  r->seq = hd_get64((uint8_t *)k->mv_data + 8);
+  r->flags = p[1];
+  r->delivery_count = hd_get32(p + 4);
+  r->expiry_ms = hd_get64(p + 8);
+  r->bytes = p + HD_REC_HDR;
+  r->len = d->mv_size - HD_REC_HDR;
+  return 0;
+}
+
+long hd_store_scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
+                   int (*fn)(const hd_store_rec_t *r, void *arg), void *arg) {
+  MDB_txn *txn;
+  int rc = read_begin(s, &txn);
+  if (rc) return -EIO;
+  MDB_cursor *c;
+  if (mdb_cursor_open(txn, s->msgs, &c)) {
+    read_end(s, txn);
+    return -EIO;
+  }
+  uint8_t kb[16];
+  hd_msg_key(kb, node, from);
+  MDB_val k = {16, kb}, d;
+  long n = 0;
+  for (rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE); rc == 0 && (size_t)n < max;
+       rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+    if (k.mv_size != 16 || hd_get64(k.mv_data) != node) break;
+    hd_store_rec_t r;
+    if (parse_rec(&k, &d, &r)) {
+      n = -HD_EPROTO;
+      break;
+    }
+    n++;
+    if (fn(&r, arg)) break;
+  }
+  mdb_cursor_close(c);
+  read_end(s, txn);
+  return n;
+}
+
+/* ---- free space ----------------------------------------------------------------- */
+
+bool hd_store_full(const hd_store_t *s) { return atomic_load_explicit(&s->full, memory_order_relaxed); }
+
+/* Pages LMDB can reuse inside its file (freed by earlier transactions): the
+ * file never shrinks, so the filesystem's free space alone would say "full"
+ * long after consumers have drained the queues. */
+static uint64_t reusable_bytes(hd_store_t *s, MDB_txn *txn) {
+  MDB_cursor *c;
+  MDB_val k, d;
+  uint64_t pages = 0;
+  if (mdb_cursor_open(txn, 0 /* the free list */, &c)) return 0;
+  while (mdb_cursor_get(c, &k, &d, MDB_NEXT) == 0)
+    if (d.mv_size >= sizeof(size_t)) pages += *(size_t *)d.mv_data;
+  mdb_cursor_close(c);
+  MDB_stat st;
+  mdb_env_stat(s->env, &st);
+  return pages * st.ms_psize;
+}
+
+/* Is there room for `need` more bytes above the reserve?  Measuring costs
+ * a statvfs and a walk of LMDB's free list, so the store measures once and
+ * then spends a budget (what was free above the reserve) batch by batch,
+ * measuring again when the budget runs out, and always while marked full
+ * (deletions make room). */
+static void check_space(hd_store_t *s, MDB_txn *txn, uint64_t need, bool force) {
+  if (!s->opts.reserve) return;
+  if (!force && !hd_store_full(s) && need <= s->space_budget) {
+    s->space_budget -= need;
+    return;
+  }
+  struct statvfs fs;
+  if (statvfs(s->dir, &fs) != 0) return;
+  uint64_t fs_free = (uint64_t)fs.f_bavail * fs.f_frsize, reuse = reusable_bytes(s, txn);
+  uint64_t avail = fs_free + reuse;
+  /* Large messages need runs of pages; a scattered free list cannot give
+   * them, and LMDB then grows the file instead. */
+  bool was = hd_store_full(s);
+  /* Once full, stay so until there is clearly room again, not just a few
+   * pages, so that producers are not switched on and off batch by batch. */
+  uint64_t margin = was ? (s->opts.reserve / 4 > (256u << 10) ? s->opts.reserve / 4 : (256u << 10)) : 0;
+  bool low = avail < s->opts.reserve + need + margin || (fs_free < need && reuse < 8 * need);
+  s->space_budget = low ? 0 : avail - s->opts.reserve - need;
+  atomic_store(&s->full, low);
+  if (low && !was)
+    HD_LOG(HD_LOG_WARNING, "core",
+           "store '%s', free space %" PRIu64 " KiB is below the reserve (%" PRIu64 " KiB): refusing new "
+           "messages until consumers make room or the disk grows",
+           s->dir, avail >> 10, s->opts.reserve >> 10);
+  if (!low && was) {
+    HD_LOG(HD_LOG_NOTICE, "core", "store '%s', free space is back (%" PRIu64 " KiB): accepting messages",
+           s->dir, avail >> 10);
+    if (s->opts.on_space) s->opts.on_space();
+  }
+}
+
+static bool disk_nearly_full(hd_store_t *s) {
+  struct statvfs fs;
+  if (statvfs(s->dir, &fs) != 0) return false;
+  uint64_t free_bytes = (uint64_t)fs.f_bavail * fs.f_frsize;
+  return free_bytes < (s->opts.reserve > (1u << 20) ? s->opts.reserve : (1u << 20));
+}
+
+/* ---- the writer ---------------------------------------------------------------- */
+
+typedef struct stat_delta {
+  uint64_t node;
+  int64_t count;
+  uint64_t max_seq;
+} stat_delta_t;
+
+typedef struct batch {
+  hd_store_op_t *head;
+  size_t n;
+  stat_delta_t deltas[64];
+  size_t n_deltas;
+  bool overflow; /* more nodes than deltas: recount those below */
+} batch_t;
+
+static stat_delta_t *delta(batch_t *b, uint64_t node) {
+  for (size_t i = 0; i < b->n_deltas; i++)
+    if (b->deltas[i].node == node) return &b->deltas[i];
+  if (b->n_deltas == sizeof b->deltas / sizeof b->deltas[0]) return NULL;
+  b->deltas[b->n_deltas] = (stat_delta_t){node, 0, 0};
+  return &b->deltas[b->n_deltas++];
+}
+
+/* Sticky-error transaction: the first failure is kept and checked once. */
+typedef struct wtxn {
+  MDB_txn *txn;
+  int rc;
+} wtxn_t;
+
+static void w_put(wtxn_t *t, MDB_dbi dbi, MDB_val *k, MDB_val *d, unsigned flags) {
+  if (!t->rc) t->rc = mdb_put(t->txn, dbi, k, d, flags);
+}
+
+static void apply_put(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
+  uint8_t kb[16];
+  hd_msg_key(kb, op->node, op->seq);
+  MDB_val k = {16, kb}, d = {HD_REC_HDR + op->msg->len, NULL};
+  if (t->rc) return;
+  /* A queue's seqs only grow, so a put is usually the largest key of all:
+   * appending fills pages completely instead of splitting them in half. */
+  int rc = mdb_put(t->txn, s->msgs, &k, &d, MDB_RESERVE | MDB_APPEND);
+  if (rc == MDB_KEYEXIST) rc = mdb_put(t->txn, s->msgs, &k, &d, MDB_RESERVE | MDB_NOOVERWRITE);
+  bool fresh = rc == 0;
+  if (rc == MDB_KEYEXIST) {
+    d.mv_size = HD_REC_HDR + op->msg->len;
+    rc = mdb_put(t->txn, s->msgs, &k, &d, MDB_RESERVE);
+  }
+  if (rc) {
+    t->rc = rc;
+    return;
+  }
+  uint8_t *p = d.mv_data;
+  memset(p, 0, HD_REC_HDR);
+  p[0] = 1;
+  p[1] = (uint8_t)op->flags;
+  hd_put32(p + 4, op->delivery_count);
+  hd_put64(p + 8, op->msg->expiry_ms);
+  memcpy(p + HD_REC_HDR, op->msg->buf, op->msg->len);
+  stat_delta_t *sd = delta(b, op->node);
+  if (sd) {
+    sd->count += fresh;
+    if (op->seq > sd->max_seq) sd->max_seq = op->seq;
+  } else {
+    b->overflow = true;
+  }
+}
+
+static void apply_del(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
+  uint8_t kb[16];
+  hd_msg_key(kb, op->node, op->seq);
+  MDB_val k = {16, kb};
+  if (t->rc) return;
+  int rc = mdb_del(t->txn, s->msgs, &k, NULL);
+  if (rc == MDB_NOTFOUND) return;
+  if (rc) {
+    t->rc = rc;
+    return;
+  }
+  stat_delta_t *sd = delta(b, op->node);
+  if (sd) sd->count--; else b->overflow = true;
+}
+
+static void apply_update(hd_store_t *s, wtxn_t *t, hd_store_op_t *op) {
+  uint8_t kb[16];
+  hd_msg_key(kb, op->node, op->seq);
+  MDB_val k = {16, kb}, d;
+  if (t->rc) return;
+  int rc = mdb_get(t->txn, s->msgs, &k, &d);
+  if (rc == MDB_NOTFOUND || d.mv_size < HD_REC_HDR) return;
+  if (rc) {
+    t->rc = rc;
+    return;
+  }
+  /* Values are read-only map memory: change a copy. */
+  uint8_t *copy = malloc(d.mv_size);
+  if (!copy) {
+    t->rc = ENOMEM;
+    return;
+  }
+  memcpy(copy, d.mv_data, d.mv_size);
+  hd_put32(copy + 4, op->delivery_count);
+  MDB_val nd = {d.mv_size, copy};
+  w_put(t, s->msgs, &k, &nd, 0);
+  free(copy);
+}
+
+static void apply_node_del(hd_store_t *s, wtxn_t *t, hd_store_op_t *op) {
+  uint8_t nk[8];
+  hd_put64(nk, op->node);
+  MDB_val k = {8, nk};
+  if (t->rc) return;
+  mdb_del(t->txn, s->nodes, &k, NULL);
+  mdb_del(t->txn, s->qstat, &k, NULL);
+  mdb_del(t->txn, s->hwm, &k, NULL);
+  MDB_cursor *c;
+  if ((t->rc = mdb_cursor_open(t->txn, s->msgs, &c))) return;
+  uint8_t kb[16];
+  hd_msg_key(kb, op->node, 0);
+  MDB_val mk = {16, kb}, d;
+  int rc;
+  for (rc = mdb_cursor_get(c, &mk, &d, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(c, &mk, &d, MDB_NEXT)) {
+    if (mk.mv_size != 16 || hd_get64(mk.mv_data) != op->node) break;
+    if ((rc = mdb_cursor_del(c, 0))) break;
+  }
+  if (rc && rc != MDB_NOTFOUND) t->rc = rc;
+  mdb_cursor_close(c);
+}
+
+/* Recount a node's messages (rare: a batch touched too many nodes). */
+static void recount(hd_store_t *s, wtxn_t *t, uint64_t node, uint64_t *count, uint64_t *max_seq) {
+  MDB_cursor *c;
+  *count = *max_seq = 0;
+  if (t->rc || (t->rc = mdb_cursor_open(t->txn, s->msgs, &c))) return;
+  uint8_t kb[16];
+  hd_msg_key(kb, node, 0);
+  MDB_val k = {16, kb}, d;
+  for (int rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+    if (k.mv_size != 16 || hd_get64(k.mv_data) != node) break;
+    (*count)++;
+    *max_seq = hd_get64((uint8_t *)k.mv_data + 8);
+  }
+  mdb_cursor_close(c);
+}
+
+static void apply_stats(hd_store_t *s, wtxn_t *t, batch_t *b) {
+  for (size_t i = 0; i < b->n_deltas && !t->rc; i++) {
+    stat_delta_t *sd = &b->deltas[i];
+    uint8_t kb[8], vb[16];
+    hd_put64(kb, sd->node);
+    MDB_val k = {8, kb}, d;
+    uint64_t count = 0, max_seq = 0;
+    int rc = mdb_get(t->txn, s->qstat, &k, &d);
+    if (rc == 0 && d.mv_size == 16) {
+      count = hd_get64(d.mv_data);
+      max_seq = hd_get64((uint8_t *)d.mv_data + 8);
+    }
+    if (b->overflow) {
+      recount(s, t, sd->node, &count, &max_seq);
+    } else {
+      count = (uint64_t)((int64_t)count + sd->count);
+      if (sd->max_seq > max_seq) max_seq = sd->max_seq;
+    }
+    hd_put64(vb, count);
+    hd_put64(vb + 8, max_seq);
+    MDB_val v = {16, vb};
+    w_put(t, s->qstat, &k, &v, 0);
+  }
+}
+
+static int apply_batch(hd_store_t *s, batch_t *b) {
+  /* Room for this batch's messages: their bytes, twice over for pages
+   * copied on write and the tree around them.  Measured in a read
+   * transaction: LMDB lets no cursor walk its free list in a write one. */
+  uint64_t need = 0;
+  for (hd_store_op_t *op = b->head; op; op = op->next)
+    if (op->kind == HD_OP_PUT) need += 2 * (HD_REC_HDR + op->msg->len);
+  if (need || hd_store_full(s)) {
+    MDB_txn *rt;
+    if (read_begin(s, &rt) == 0) {
+      check_space(s, rt, need, false);
+      read_end(s, rt);
+    }
+  }
+  bool full = hd_store_full(s);
+  wtxn_t t = {NULL, mdb_txn_begin(s->env, NULL, 0, &t.txn)};
+  if (t.rc) return t.rc;
+  b->n_deltas = 0;
+  b->overflow = false;
+  uint64_t next_node = 0;
+  for (hd_store_op_t *op = b->head; op && !t.rc; op = op->next) {
+    op->rc = 0;
+    switch (op->kind) {
+    case HD_OP_PUT:
+      if (full)
+        op->rc = HD_EFULL; /* refused, not written: the submitter decides */
+      else
+        apply_put(s, &t, b, op);
+      break;
+    case HD_OP_DEL: apply_del(s, &t, b, op); break;
+    case HD_OP_UPDATE: apply_update(s, &t, op); break;
+    case HD_OP_NODE_PUT: {
+      uint8_t kb[8];
+      hd_put64(kb, op->node);
+      MDB_val k = {8, kb}, d = {op->blob_len, op->blob};
+      w_put(&t, s->nodes, &k, &d, 0);
+      if (op->node + 1 > next_node) next_node = op->node + 1;
+      break;
+    }
+    case HD_OP_NODE_DEL: apply_node_del(s, &t, op); break;
+    case HD_OP_HWM: {
+      uint8_t kb[8], vb[8];
+      hd_put64(kb, op->node);
+      hd_put64(vb, op->seq);
+      MDB_val k = {8, kb}, d = {8, vb};
+      w_put(&t, s->hwm, &k, &d, 0);
+      break;
+    }
+    case HD_OP_NOP:
+    case HD_OP_BARRIER: break;
+    }
+  }
+  apply_stats(s, &t, b);
+  if (next_node && !t.rc) {
+    uint64_t cur = 0;
+    int rc = meta_get64(t.txn, s->meta, "next-node", &cur);
+    if (rc == 0 && next_node > cur) t.rc = meta_put64(t.txn, s->meta, "next-node", next_node);
+  }
+  if (t.rc) {
+    mdb_txn_abort(t.txn);
+    return t.rc;
+  }
+  return mdb_txn_commit(t.txn);
+}
+
+static void grow_map(hd_store_t *s) {
+  uint64_t size = s->map_size * 2;
+  /* No transaction may be open in the process while the map changes. */
+  pthread_rwlock_wrlock(&s->map_lock);
+  int rc = mdb_env_set_mapsize(s->env, (size_t)size);
+  pthread_rwlock_unlock(&s->map_lock);
+  if (rc) {
+    HD_LOG(HD_LOG_ERR, "core", "store '%s', cannot grow the map to %" PRIu64 " bytes: %s", s->dir, size, lmdb_err(rc));
+    return;
+  }
+  s->map_size = size;
+  atomic_fetch_add(&s->grows, 1);
+  HD_LOG(HD_LOG_INFO, "core", "store '%s', map grown to %" PRIu64 " MiB", s->dir, size >> 20);
+}
+
+/* Completions run in submission order; each op carries its own result. */
+static void complete(hd_store_op_t *list) {
+  while (list) {
+    hd_store_op_t *next = list->next;
+    list->next = NULL;
+    if (list->done)
+      list->done(list, list->rc);
+    else
+      hd_store_op_free(list);
+    list = next;
+  }
+}
+
+/* After a failed commit: puts fail (their producers hear about it), no-ops
+ * complete as usual, and the rest (deletes, counts, marks) must not be lost:
+ * they go back to the front of the queue to be tried again. */
+static void fail_batch(hd_store_t *s, batch_t *b, int rc) {
+  hd_store_op_t *retry = NULL, **rt = &retry, *done = NULL, **dt = &done;
+  for (hd_store_op_t *op = b->head, *next; op; op = next) {
+    next = op->next;
+    op->next = NULL;
+    if (op->kind == HD_OP_PUT || op->kind == HD_OP_NOP) { /* barriers wait for the retries */
+      if (op->kind == HD_OP_PUT) op->rc = rc == ENOSPC || rc == MDB_MAP_FULL ? HD_EFULL : -EIO;
+      *dt = op;
+      dt = &op->next;
+    } else {
+      *rt = op;
+      rt = &op->next;
+    }
+  }
+  if (retry) {
+    pthread_mutex_lock(&s->lock);
+    hd_store_op_t *last = retry;
+    while (last->next) last = last->next;
+    last->next = s->head;
+    if (!s->head) s->tail = last;
+    s->head = retry;
+    pthread_mutex_unlock(&s->lock);
+  }
+  complete(done);
+}
+
+static void *writer_main(void *arg) {
+  hd_store_t *s = arg;
+  uint64_t next_sync = hd_now_mono_ms() + s->opts.interval_ms;
+  bool dirty = false;
+  for (;;) {
+    pthread_mutex_lock(&s->lock);
+    while (!s->head && !s->stop) {
+      if (hd_store_full(s)) { /* look again for space now and then */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT) break;
+      } else if (s->opts.flush_interval && dirty) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t now = hd_now_mono_ms();
+        uint64_t wait = next_sync > now ? next_sync - now : 0;
+        ts.tv_sec += (time_t)(wait / 1000);
+        ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT) break;
+      } else {
+        pthread_cond_wait(&s->cond, &s->lock);
+      }
+    }
+    if (!s->head && s->stop) {
+      pthread_mutex_unlock(&s->lock);
+      break;
+    }
+
+    batch_t b = {0};
+    b.head = s->head;
+    hd_store_op_t *last = s->head;
+    for (b.n = s->head ? 1 : 0; last && last->next && b.n < MAX_BATCH; b.n++) last = last->next;
+    if (last) {
+      s->head = last->next;
+      if (!s->head) s->tail = NULL;
+      last->next = NULL;
+    }
+    pthread_mutex_unlock(&s->lock);
+
+    if (!b.head && hd_store_full(s)) { /* idle and full: has space come back? */
+      MDB_txn *rt;
+      if (read_begin(s, &rt) == 0) {
+        check_space(s, rt, 0, true);
+        read_end(s, rt);
+      }
+    }
+    if (b.head) {
+      int rc;
+      while ((rc = apply_batch(s, &b)) == MDB_MAP_FULL) grow_map(s);
+      if (rc) {
+        atomic_fetch_add(&s->failed, 1);
+        /* LMDB reports a short write on a full disk as an I/O error: look
+         * at the disk itself to tell producers what happened. */
+        if (rc != ENOSPC && rc != MDB_MAP_FULL && disk_nearly_full(s)) rc = ENOSPC;
+        HD_LOG(HD_LOG_ERR, "core", "store '%s', commit of %zu operations failed: %s", s->dir, b.n, lmdb_err(rc));
+        if (rc == ENOSPC) atomic_store(&s->full, true);
+        fail_batch(s, &b, rc);
+        /* Give the disk a moment before retrying what must not be lost. */
+        struct timespec pause = {0, 100 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+        continue;
+      }
+      atomic_fetch_add(&s->commits, 1);
+      atomic_fetch_add(&s->ops, b.n);
+      if (!s->opts.flush_interval) atomic_fetch_add(&s->syncs, 1);
+      dirty = true;
+      complete(b.head);
+    }
+    if (s->opts.flush_interval && dirty && hd_now_mono_ms() >= next_sync) {
+      mdb_env_sync(s->env, 1);
+      atomic_fetch_add(&s->syncs, 1);
+      dirty = false;
+      next_sync = hd_now_mono_ms() + s->opts.interval_ms;
+    }
+  }
+  if (s->opts.flush_interval) {
+    mdb_env_sync(s->env, 1);
+    atomic_fetch_add(&s->syncs, 1);
+  }
+  return NULL;
+}
+
+int hd_store_start(hd_store_t *s) {
+  if (pthread_create(&s->writer, NULL, writer_main, s) != 0) return -errno;
+  s->started = true;
+  return 0;
+}
+
+void hd_store_close(hd_store_t *s) {
+  if (!s) return;
+  if (s->started) {
+    pthread_mutex_lock(&s->lock);
+    s->stop = true;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->writer, NULL);
+  }
+  /* Anything submitted after the writer stopped completes as failed. */
+  for (hd_store_op_t *op = s->head; op; op = op->next) op->rc = op->kind == HD_OP_NOP ? 0 : -ECANCELED;
+  complete(s->head);
+  hd_store_stats_t st;
+  hd_store_get_stats(s, &st);
+  HD_LOG(HD_LOG_INFO, "core", "store '%s', closed: %" PRIu64 " commits, %" PRIu64 " operations, %" PRIu64 " syncs",
+         s->dir, st.commits, st.ops, st.syncs);
+  mdb_env_close(s->env);
+  pthread_rwlock_destroy(&s->map_lock);
+  pthread_mutex_destroy(&s->lock);
+  pthread_cond_destroy(&s->cond);
+  free(s->dir);
+  free(s);
+}

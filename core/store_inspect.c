@@ -1,0 +1,218 @@
+/* Offline inspection of a store: hadron-store info and check.  Opens the
+ * environment read-only, so it never changes what it looks at. */
+#include "config.h"
+
+#include <inttypes.h>
+#include <lmdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "message.h"
+#include "store.h"
+#include "store_format.h"
+
+typedef struct ro {
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi meta, nodes, msgs, qstat, hwm;
+  uint64_t format;
+} ro_t;
+
+typedef struct out {
+  void (*say)(const char *line, void *arg);
+  void *arg;
+  long problems;
+} out_t;
+
+static void sayf(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sayf(out_t *o, const char *fmt, ...) {
+  char line[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  o->say(line, o->arg);
+}
+
+static int ro_open(const char *data_dir, ro_t *r, char *err, size_t errlen) {
+  char path[4096];
+  struct stat sb;
+  memset(r, 0, sizeof *r);
+  snprintf(path, sizeof path, "%s/store", data_dir);
+  if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+    snprintf(err, errlen, "%s: no store here (is %s the broker's data-dir?)", path, data_dir);
+    return -1;
+  }
+  int rc = mdb_env_create(&r->env);
+  if (!rc) mdb_env_set_maxdbs(r->env, 8);
+  if (!rc) rc = mdb_env_open(r->env, path, MDB_RDONLY | MDB_NOTLS, 0);
+  if (!rc) rc = mdb_txn_begin(r->env, NULL, MDB_RDONLY, &r->txn);
+  if (rc) {
+    snprintf(err, errlen, "%s: cannot open: %s", path, mdb_strerror(rc));
+    if (r->env) mdb_env_close(r->env);
+    return -1;
+  }
+  if ((rc = mdb_dbi_open(r->txn, "meta", 0, &r->meta)) || (rc = mdb_dbi_open(r->txn, "nodes", 0, &r->nodes)) ||
+      (rc = mdb_dbi_open(r->txn, "msgs", 0, &r->msgs)) || (rc = mdb_dbi_open(r->txn, "qstat", 0, &r->qstat)) ||
+      (rc = mdb_dbi_open(r->txn, "hwm", 0, &r->hwm))) {
+    snprintf(err, errlen, "%s: %s (%s)", path,
+             rc == MDB_NOTFOUND ? "not a Hadron store (its tables are missing)" : "corrupt", mdb_strerror(rc));
+    mdb_txn_abort(r->txn);
+    mdb_env_close(r->env);
+    return -1;
+  }
+  MDB_val k = {6, "format"}, d;
+  if (mdb_get(r->txn, r->meta, &k, &d) != 0 || d.mv_size != 8) {
+    snprintf(err, errlen, "%s: its format record is missing or damaged", path);
+    mdb_txn_abort(r->txn);
+    mdb_env_close(r->env);
+    return -1;
+  }
+  r->format = hd_get64(d.mv_data);
+  return 0;
+}
+
+static void ro_close(ro_t *r) {
+  mdb_txn_abort(r->txn);
+  mdb_env_close(r->env);
+}
+
+/* A node's address from its record, or "?" */
+static void node_address(const MDB_val *d, char *buf, size_t len) {
+  const uint8_t *p = d->mv_data;
+  snprintf(buf, len, "?");
+  if (d->mv_size < 18 || p[0] != HD_NODE_REC_VERSION) return;
+  size_t n = (size_t)p[16] << 8 | p[17];
+  if (n + 18 > d->mv_size) return;
+  snprintf(buf, len, "%.*s", (int)n, (const char *)p + 18);
+}
+
+static void node_stats(ro_t *r, uint64_t id, uint64_t *count, uint64_t *max_seq, uint64_t *hwm) {
+  uint8_t kb[8];
+  hd_put64(kb, id);
+  MDB_val k = {8, kb}, d;
+  *count = *max_seq = *hwm = 0;
+  if (mdb_get(r->txn, r->qstat, &k, &d) == 0 && d.mv_size == 16) {
+    *count = hd_get64(d.mv_data);
+    *max_seq = hd_get64((uint8_t *)d.mv_data + 8);
+  }
+  if (mdb_get(r->txn, r->hwm, &k, &d) == 0 && d.mv_size == 8) *hwm = hd_get64(d.mv_data);
+}
+
+int hd_store_info(const char *data_dir, void (*say)(const char *line, void *arg), void *arg,
+                  char *err, size_t errlen) {
+  ro_t r;
+  if (ro_open(data_dir, &r, err, errlen)) return -1;
+  out_t o = {say, arg, 0};
+  MDB_envinfo ei;
+  MDB_stat es;
+  mdb_env_info(r.env, &ei);
+  mdb_env_stat(r.env, &es);
+  uint64_t used = (uint64_t)(ei.me_last_pgno + 1) * es.ms_psize;
+  MDB_stat ms;
+  mdb_stat(r.txn, r.msgs, &ms);
+  sayf(&o, "store %s/store: format %" PRIu64 "%s, %" PRIu64 " KiB used of a %" PRIu64 " KiB map, %zu messages",
+       data_dir, r.format, r.format == HD_STORE_FORMAT ? "" : " (not the format this build reads)", used >> 10,
+       (uint64_t)ei.me_mapsize >> 10, ms.ms_entries);
+  MDB_cursor *c;
+  mdb_cursor_open(r.txn, r.nodes, &c);
+  MDB_val k, d;
+  for (int rc = mdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+    char addr[512];
+    node_address(&d, addr, sizeof addr);
+    uint64_t id = k.mv_size == 8 ? hd_get64(k.mv_data) : 0, count, max_seq, hwm;
+    node_stats(&r, id, &count, &max_seq, &hwm);
+    sayf(&o, "queue '%s' (id %" PRIu64 "): %" PRIu64 " messages, highest seq %" PRIu64 ", delivery mark %" PRIu64,
+         addr, id, count, max_seq, hwm);
+  }
+  mdb_cursor_close(c);
+  ro_close(&r);
+  return 0;
+}
+
+static void problem(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void problem(out_t *o, const char *fmt, ...) {
+  char line[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = snprintf(line, sizeof line, "problem: ");
+  vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+  va_end(ap);
+  o->say(line, o->arg);
+  o->problems++;
+}
+
+long hd_store_check(const char *data_dir, void (*say)(const char *line, void *arg), void *arg,
+                    char *err, size_t errlen) {
+  ro_t r;
+  if (ro_open(data_dir, &r, err, errlen)) return -1;
+  out_t o = {say, arg, 0};
+  if (r.format != HD_STORE_FORMAT)
+    problem(&o, "format %" PRIu64 ", this build reads format %d", r.format, HD_STORE_FORMAT);
+
+  /* Nodes, with their counts as the messages say. */
+  size_t cap = 16, n = 0;
+  struct node {
+    uint64_t id, count, max_seq;
+  } *nodes = malloc(cap * sizeof *nodes);
+  MDB_cursor *c;
+  MDB_val k, d;
+  mdb_cursor_open(r.txn, r.nodes, &c);
+  for (int rc = mdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+    char addr[512];
+    node_address(&d, addr, sizeof addr);
+    if (k.mv_size != 8 || d.mv_size < 18 || ((uint8_t *)d.mv_data)[0] != HD_NODE_REC_VERSION || !strcmp(addr, "?")) {
+      problem(&o, "a node record is damaged (key of %zu bytes, %zu bytes of data)", k.mv_size, d.mv_size);
+      continue;
+    }
+    if (n == cap) nodes = realloc(nodes, (cap *= 2) * sizeof *nodes);
+    nodes[n++] = (struct node){hd_get64(k.mv_data), 0, 0};
+  }
+  mdb_cursor_close(c);
+
+  mdb_cursor_open(r.txn, r.msgs, &c);
+  uint64_t total = 0;
+  for (int rc = mdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+    total++;
+    if (k.mv_size != 16 || d.mv_size < HD_REC_HDR || ((uint8_t *)d.mv_data)[0] != HD_REC_VERSION) {
+      problem(&o, "a message record is damaged (key of %zu bytes, %zu bytes of data)", k.mv_size, d.mv_size);
+      continue;
+    }
+    uint64_t id = hd_get64(k.mv_data), seq = hd_get64((uint8_t *)k.mv_data + 8);
+    struct node *nd = NULL;
+    for (size_t i = 0; i < n && !nd; i++)
+      if (nodes[i].id == id) nd = &nodes[i];
+    if (!nd) {
+      problem(&o, "message %" PRIu64 " belongs to node %" PRIu64 ", which does not exist", seq, id);
+      continue;
+    }
+    nd->count++;
+    if (seq > nd->max_seq) nd->max_seq = seq;
+    size_t len = d.mv_size - HD_REC_HDR;
+    hd_msg_t *m = hd_msg_alloc(len);
+    if (!m) continue;
+    memcpy(m->buf, (uint8_t *)d.mv_data + HD_REC_HDR, len);
+    const char *why;
+    if (hd_msg_parse(m, 0, &why) != 0)
+      problem(&o, "message %" PRIu64 " of node %" PRIu64 " is not a valid AMQP message: %s", seq, id, why);
+    hd_msg_unref(m);
+  }
+  mdb_cursor_close(c);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t count, max_seq, hwm;
+    node_stats(&r, nodes[i].id, &count, &max_seq, &hwm);
+    if (count != nodes[i].count)
+      problem(&o, "node %" PRIu64 " counts %" PRIu64 " messages but holds %" PRIu64, nodes[i].id, count,
+              nodes[i].count);
+    if (nodes[i].max_seq > max_seq)
+      problem(&o, "node %" PRIu64 " holds seq %" PRIu64 " above its recorded highest %" PRIu64, nodes[i].id,
+              nodes[i].max_seq, max_seq);
+  }
+  sayf(&o, "checked %zu queues and %" PRIu64 " messages: %ld problems", n, total, o.problems);
+  free(nodes);
+  ro_close(&r);
+  return o.problems;
+}
