@@ -223,6 +223,7 @@ typedef struct load {
   uint64_t last_seq;
   bool stop_at_budget;         /* start-up: fill memory up to the budget */
   bool persist_bump;           /* start-up: write the raised delivery counts */
+  bool startup;                /* non-durable records are from a previous run */
   int err;
 } load_t;
 
@@ -232,7 +233,7 @@ static int load_one(const hd_store_rec_t *r, void *arg) {
   if (l->stop_at_budget && over_budget()) return 1;
   l->seen++;
   l->last_seq = r->seq;
-  if (r->flags & HD_REC_NONDURABLE) {
+  if ((r->flags & HD_REC_NONDURABLE) && l->startup) {
     /* Written only to page; it does not outlive the process that wrote it. */
     hd_store_op_t *op = hd_store_op_new(HD_OP_DEL);
     op->node = l->q->store_id;
@@ -257,6 +258,8 @@ static int load_one(const hd_store_rec_t *r, void *arg) {
   uint32_t dc = r->delivery_count;
   hd_entry_t *e = hd_entry_new(m, r->seq, dc);
   hd_msg_unref(m);
+  /* A paged non-durable message keeps its record until it is settled, like
+   * a durable one; only a restart drops it (above). */
   e->flags |= HD_ENT_STORED;
   if (r->seq <= l->hwm) { /* may have been delivered before the crash */
     e->delivery_count++;
@@ -324,7 +327,7 @@ static int recover_node(const hd_store_node_t *sn, void *arg) {
   q->store_id = sn->id;
   q->hwm_done = q->hwm_asked = q->hwm_recovered = sn->hwm;
   q->next_seq = (sn->max_seq > sn->hwm ? sn->max_seq : sn->hwm) + 1;
-  load_t l = {.q = q, .hwm = sn->hwm, .stop_at_budget = true, .persist_bump = true};
+  load_t l = {.q = q, .hwm = sn->hwm, .stop_at_budget = true, .persist_bump = true, .startup = true};
   long got = hd_store_scan(store, q->store_id, 0, SIZE_MAX, load_one, &l);
   pthread_mutex_lock(&q->lock);
   insert_all(q, l.head);

@@ -556,6 +556,19 @@ class SpaceTest(unittest.TestCase):
             self.check_bodies(got)
             self.assertEqual([], receive_all(b.url(), "page.q", idle=0.5))
 
+    def test_paging_non_durable_in_one_run(self):
+        """Non-durable messages on a durable queue page to disk too when the
+        queue outgrows queue-memory, and all come back to a consumer in
+        order in the same run (they are only dropped by a restart)."""
+        n = 6 * 256
+        with Broker(name="store-paging-nd", broker="queue-memory = 1M\n") as b:
+            prod = run(Producer(b.url(), "page.nd", numbered(n, KIB4, durable=False)))
+            self.assertEqual((n, []), (len(prod.accepted), prod.rejected))
+            self.assertGreater(stored_count(b.data_dir, "page.nd"), 0, "nothing was paged to disk")
+            got = run(Consumer(b.url(), "page.nd", expect=n)).got
+            self.assertEqual(list(range(n)), [m.id for m in got])
+            self.check_bodies(got)
+
     def test_map_grows_when_full(self):
         """store-map-size = 1M with 5 MiB of messages: the map grows (logged),
         nothing is refused or lost, and the grown store opens again."""
