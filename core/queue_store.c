@@ -129,7 +129,8 @@ static void hwm_ask(hd_queue_t *q, uint64_t seq) {
 }
 
 bool hd_queue_may_send_locked(hd_queue_t *q, const hd_entry_t *e) {
-  if (!q->store_id || !store || (e->flags & HD_ENT_COPY)) return true;
+  /* Only messages in the store outlive a crash, so only they need the mark. */
+  if (!(e->flags & HD_ENT_STORED) || !store) return true;
   /* Ask for the next stretch early, so that consumers seldom wait. */
   if (e->seq + HWM_AHEAD / 2 > q->hwm_asked) hwm_ask(q, e->seq);
   return e->seq <= q->hwm_done;
