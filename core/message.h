@@ -33,6 +33,7 @@ typedef struct hd_msg {
   uint8_t jms_dest;          /* x-opt-jms-dest annotation (JMS destination type), or 0xff */
   uint64_t expiry_ms;        /* absolute wall-clock ms; 0: never */
   uint64_t store_id;         /* durable store key; 0: in memory only */
+  uint32_t alloc_size;       /* bytes allocated for this struct and buf */
   uint8_t buf[];
 } hd_msg_t;
 
@@ -48,6 +49,10 @@ static inline hd_msg_t *hd_msg_ref(hd_msg_t *m) {
   return m;
 }
 void hd_msg_unref(hd_msg_t *m);
+
+/* A thread that allocated or freed messages is about to exit: give its
+ * cached buffers back (worker and store threads call this). */
+void hd_msg_thread_done(void);
 
 /* Bytes of messages alive in this process (for flow control). */
 int64_t hd_msg_mem_used(void);

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "address.h"
+#include "message.h"
 #include "conn.h"
 #include "hooks.h"
 #include "log.h"
@@ -224,6 +225,7 @@ static void *worker(void *arg) {
     pn_proactor_done(S.proactor, b);
   }
   if (atomic_fetch_sub(&S.running, 1) > 1) pn_proactor_interrupt(S.proactor);
+  hd_msg_thread_done();
   return NULL;
 }
 
@@ -349,6 +351,7 @@ int hd_server_run(hd_settings_t *st, const char *config_path) {
   hd_users_shutdown();
   for (size_t i = 0; i < S.n_old; i++) hd_settings_free(S.old[i]);
   free(S.old);
+  hd_msg_thread_done(); /* the main thread allocated during recovery */
   HD_LOG(HD_LOG_NOTICE, "core", "broker, stopped");
   return S.exit_code;
 }

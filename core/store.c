@@ -817,6 +817,7 @@ static void *writer_main(void *arg) {
     mdb_env_sync(s->env, 1);
     atomic_fetch_add(&s->syncs, 1);
   }
+  hd_msg_thread_done();
   return NULL;
 }
 
