@@ -202,7 +202,8 @@ static void pending_done(hd_deliver_cb_t *cb, int rc) {
 }
 
 static hd_pending_t *pending_new(hd_inlink_t *in, pn_delivery_t *d) {
-  hd_pending_t *p = hd_xcalloc(1, sizeof *p);
+  hd_pending_t *p = hd_xmalloc(sizeof *p);
+  *p = (hd_pending_t){0};
   p->cb.done = pending_done;
   p->work.run = pending_settle;
   p->conn = in->base.conn;

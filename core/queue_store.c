@@ -188,7 +188,8 @@ static int queue_deliver(hd_queue_t *q, hd_msg_t *m, hd_deliver_cb_t *cb) {
     pthread_mutex_unlock(&q->lock);
     return 0;
   }
-  put_op_t *p = hd_xcalloc(1, sizeof *p);
+  put_op_t *p = hd_xmalloc(sizeof *p);
+  *p = (put_op_t){0};
   hd_store_op_t *op = &p->op;
   op->kind = durable || q->paged || over_budget() ? HD_OP_PUT : HD_OP_NOP;
   if (!durable && op->kind == HD_OP_PUT) op->flags = HD_REC_NONDURABLE;

@@ -47,8 +47,8 @@ static const char *lmdb_err(int rc) { return rc == ENOSPC ? "no space left on th
 /* ---- operations ---------------------------------------------------------------- */
 
 hd_store_op_t *hd_store_op_new(hd_store_op_kind_t kind) {
-  hd_store_op_t *op = hd_xcalloc(1, sizeof *op);
-  op->kind = kind;
+  hd_store_op_t *op = hd_xmalloc(sizeof *op); /* malloc's thread cache, unlike calloc */
+  *op = (hd_store_op_t){.kind = kind};
   return op;
 }
 
@@ -471,6 +471,7 @@ static stat_delta_t *delta(batch_t *b, uint64_t node) {
 typedef struct wtxn {
   MDB_txn *txn;
   int rc;
+  MDB_cursor *del; /* stays where the last delete left it */
 } wtxn_t;
 
 static void w_put(wtxn_t *t, MDB_dbi dbi, MDB_val *k, MDB_val *d, unsigned flags) {
@@ -514,9 +515,17 @@ static void apply_put(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
 static void apply_del(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
   uint8_t kb[16];
   hd_msg_key(kb, op->node, op->seq);
-  MDB_val k = {16, kb};
+  MDB_val k = {16, kb}, ck, cd;
   if (t->rc) return;
-  int rc = mdb_del(t->txn, s->msgs, &k, NULL);
+  if (!t->del && (t->rc = mdb_cursor_open(t->txn, s->msgs, &t->del))) return;
+  /* Consumers mostly settle in order: after deleting seq n the cursor sits
+   * on n+1, so the next delete needs no search from the root. */
+  int rc = mdb_cursor_get(t->del, &ck, &cd, MDB_GET_CURRENT);
+  if (rc != 0 || ck.mv_size != 16 || memcmp(ck.mv_data, kb, 16) != 0) {
+    ck = k;
+    rc = mdb_cursor_get(t->del, &ck, &cd, MDB_SET);
+  }
+  if (rc == 0) rc = mdb_cursor_del(t->del, 0);
   if (rc == MDB_NOTFOUND) return;
   if (rc) {
     t->rc = rc;
@@ -628,7 +637,7 @@ static int apply_batch(hd_store_t *s, batch_t *b) {
     }
   }
   bool full = hd_store_full(s);
-  wtxn_t t = {NULL, mdb_txn_begin(s->env, NULL, 0, &t.txn)};
+  wtxn_t t = {NULL, mdb_txn_begin(s->env, NULL, 0, &t.txn), NULL};
   if (t.rc) return t.rc;
   b->n_deltas = 0;
   b->overflow = false;
@@ -664,6 +673,10 @@ static int apply_batch(hd_store_t *s, batch_t *b) {
     case HD_OP_NOP:
     case HD_OP_BARRIER: break;
     }
+  }
+  if (t.del) {
+    mdb_cursor_close(t.del);
+    t.del = NULL;
   }
   apply_stats(s, &t, b);
   if (next_node && !t.rc) {
