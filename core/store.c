@@ -22,6 +22,10 @@
 /* Operations per transaction: enough to amortise the fsync, few enough that
  * the first submitter does not wait behind a huge batch. */
 #define MAX_BATCH 8192
+/* Deletions and count updates wait this long for something urgent (a new
+ * message, a delivery mark, a consumer's barrier) to share its commit: a
+ * commit of their own would make the next message wait behind it. */
+#define DEFER_US 2000
 
 struct hd_store {
   MDB_env *env;
@@ -35,6 +39,7 @@ struct hd_store {
   pthread_mutex_t lock; /* guards the op queue and `stop` */
   pthread_cond_t cond;
   hd_store_op_t *head, *tail;
+  size_t queued, urgent; /* [lock] ops waiting; of them, ones someone waits for */
   bool stop;
   _Atomic uint64_t next_node;
   atomic_bool full;      /* free space below the reserve */
@@ -59,13 +64,19 @@ void hd_store_op_free(hd_store_op_t *op) {
   free(op);
 }
 
+static bool urgent(hd_store_op_kind_t k) {
+  return k == HD_OP_PUT || k == HD_OP_NOP || k == HD_OP_BARRIER || k == HD_OP_HWM;
+}
+
 void hd_store_submit(hd_store_t *s, hd_store_op_t *op) {
   op->next = NULL;
   pthread_mutex_lock(&s->lock);
-  bool was_empty = !s->head;
+  bool was_empty = !s->head, now = urgent(op->kind);
   if (s->tail) s->tail->next = op; else s->head = op;
   s->tail = op;
-  if (was_empty) pthread_cond_signal(&s->cond);
+  s->queued++;
+  if (now) s->urgent++;
+  if (was_empty || (now && s->urgent == 1)) pthread_cond_signal(&s->cond);
   pthread_mutex_unlock(&s->lock);
 }
 
@@ -743,6 +754,10 @@ static void fail_batch(hd_store_t *s, batch_t *b, int rc) {
     last->next = s->head;
     if (!s->head) s->tail = last;
     s->head = retry;
+    for (hd_store_op_t *op = retry; op != last->next; op = op->next) {
+      s->queued++;
+      if (urgent(op->kind)) s->urgent++;
+    }
     pthread_mutex_unlock(&s->lock);
   }
   complete(done);
@@ -778,6 +793,14 @@ static void *writer_main(void *arg) {
       pthread_mutex_unlock(&s->lock);
       break;
     }
+    if (s->head && !s->urgent && !s->stop && s->queued < MAX_BATCH / 2) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += DEFER_US * 1000L;
+      if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+      while (!s->urgent && !s->stop && s->queued < MAX_BATCH / 2)
+        if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT) break;
+    }
 
     batch_t b = {0};
     b.head = s->head;
@@ -788,6 +811,9 @@ static void *writer_main(void *arg) {
       if (!s->head) s->tail = NULL;
       last->next = NULL;
     }
+    s->queued -= b.n;
+    for (hd_store_op_t *op = b.head; op; op = op->next)
+      if (urgent(op->kind)) s->urgent--;
     pthread_mutex_unlock(&s->lock);
 
     if (!b.head && hd_store_full(s)) { /* idle and full: has space come back? */
