@@ -24,10 +24,11 @@ void hd_msg_mem_watch(int64_t high, int64_t low, void (*on_low)(void)) {
 /* A small per-thread cache of message buffers.  Messages are allocated on
  * the producer's thread and freed on the consumer's; glibc's own thread
  * cache stops at about 1 KiB, so without this every 1 KiB message would
- * take its slow path twice.  Sizes go in 512-byte classes up to 8 KiB; a
- * thread keeps at most CACHE_BYTES, the rest goes back to malloc. */
-#define CLASS_SHIFT 9
-#define CLASSES 16
+ * take its slow path twice.  Sizes go in 128-byte classes up to 8 KiB (at
+ * most 127 bytes wasted); a thread keeps at most CACHE_BYTES, the rest goes
+ * back to malloc. */
+#define CLASS_SHIFT 7
+#define CLASSES 64
 #define CACHE_BYTES (2u << 20)
 
 typedef struct cached {

@@ -22,6 +22,13 @@
 /* Operations per transaction: enough to amortise the fsync, few enough that
  * the first submitter does not wait behind a huge batch. */
 #define MAX_BATCH 8192
+/* Producers get credit as messages arrive, not as they are committed; when
+ * the disk is slower than they are, messages would pile up in the queue of
+ * operations.  Above BACKLOG_HIGH bytes producers stop getting credit, and
+ * get it again below BACKLOG_LOW. */
+#define BACKLOG_HIGH (64 << 20)
+#define BACKLOG_LOW (16 << 20)
+
 /* Deletions and count updates wait this long for something urgent (a new
  * message, a delivery mark, a consumer's barrier) to share its commit: a
  * commit of their own would make the next message wait behind it. */
@@ -40,6 +47,8 @@ struct hd_store {
   pthread_cond_t cond;
   hd_store_op_t *head, *tail;
   size_t queued, urgent; /* [lock] ops waiting; of them, ones someone waits for */
+  _Atomic int64_t backlog;   /* bytes of messages in queued puts */
+  atomic_bool backlogged;    /* over BACKLOG_HIGH: producers wait */
   bool stop;
   _Atomic uint64_t next_node;
   atomic_bool full;      /* free space below the reserve */
@@ -76,6 +85,9 @@ void hd_store_submit(hd_store_t *s, hd_store_op_t *op) {
   s->tail = op;
   s->queued++;
   if (now) s->urgent++;
+  if (op->kind == HD_OP_PUT &&
+      atomic_fetch_add_explicit(&s->backlog, op->msg->len, memory_order_relaxed) + op->msg->len > BACKLOG_HIGH)
+    atomic_store_explicit(&s->backlogged, true, memory_order_relaxed);
   if (was_empty || (now && s->urgent == 1)) pthread_cond_signal(&s->cond);
   pthread_mutex_unlock(&s->lock);
 }
@@ -393,7 +405,10 @@ long hd_store_scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
 
 /* ---- free space ----------------------------------------------------------------- */
 
-bool hd_store_full(const hd_store_t *s) { return atomic_load_explicit(&s->full, memory_order_relaxed); }
+bool hd_store_full(const hd_store_t *s) {
+  return atomic_load_explicit(&s->full, memory_order_relaxed) ||
+         atomic_load_explicit(&s->backlogged, memory_order_relaxed);
+}
 
 /* Pages LMDB can reuse inside its file (freed by earlier transactions): the
  * file never shrinks, so the filesystem's free space alone would say "full"
@@ -418,7 +433,7 @@ static uint64_t reusable_bytes(hd_store_t *s, MDB_txn *txn) {
  * (deletions make room). */
 static void check_space(hd_store_t *s, MDB_txn *txn, uint64_t need, bool force) {
   if (!s->opts.reserve) return;
-  if (!force && !hd_store_full(s) && need <= s->space_budget) {
+  if (!force && !atomic_load(&s->full) && need <= s->space_budget) {
     s->space_budget -= need;
     return;
   }
@@ -428,7 +443,7 @@ static void check_space(hd_store_t *s, MDB_txn *txn, uint64_t need, bool force) 
   uint64_t avail = fs_free + reuse;
   /* Large messages need runs of pages; a scattered free list cannot give
    * them, and LMDB then grows the file instead. */
-  bool was = hd_store_full(s);
+  bool was = atomic_load(&s->full);
   /* Once full, stay so until there is clearly room again, not just a few
    * pages, so that producers are not switched on and off batch by batch. */
   uint64_t margin = was ? (s->opts.reserve / 4 > (256u << 10) ? s->opts.reserve / 4 : (256u << 10)) : 0;
@@ -640,14 +655,14 @@ static int apply_batch(hd_store_t *s, batch_t *b) {
   uint64_t need = 0;
   for (hd_store_op_t *op = b->head; op; op = op->next)
     if (op->kind == HD_OP_PUT) need += 2 * (HD_REC_HDR + op->msg->len);
-  if (need || hd_store_full(s)) {
+  if (need || atomic_load(&s->full)) {
     MDB_txn *rt;
     if (read_begin(s, &rt) == 0) {
       check_space(s, rt, need, false);
       read_end(s, rt);
     }
   }
-  bool full = hd_store_full(s);
+  bool full = atomic_load(&s->full);
   wtxn_t t = {NULL, mdb_txn_begin(s->env, NULL, 0, &t.txn), NULL};
   if (t.rc) return t.rc;
   b->n_deltas = 0;
@@ -770,7 +785,7 @@ static void *writer_main(void *arg) {
   for (;;) {
     pthread_mutex_lock(&s->lock);
     while (!s->head && !s->stop) {
-      if (hd_store_full(s)) { /* look again for space now and then */
+      if (atomic_load(&s->full)) { /* look again for space now and then */
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 200 * 1000 * 1000;
@@ -812,11 +827,17 @@ static void *writer_main(void *arg) {
       last->next = NULL;
     }
     s->queued -= b.n;
-    for (hd_store_op_t *op = b.head; op; op = op->next)
+    int64_t taken = 0;
+    for (hd_store_op_t *op = b.head; op; op = op->next) {
       if (urgent(op->kind)) s->urgent--;
+      if (op->kind == HD_OP_PUT) taken += op->msg->len;
+    }
+    bool resume = atomic_fetch_sub(&s->backlog, taken) - taken < BACKLOG_LOW &&
+                  atomic_exchange(&s->backlogged, false);
     pthread_mutex_unlock(&s->lock);
+    if (resume && !atomic_load(&s->full) && s->opts.on_space) s->opts.on_space();
 
-    if (!b.head && hd_store_full(s)) { /* idle and full: has space come back? */
+    if (!b.head && atomic_load(&s->full)) { /* idle and full: has space come back? */
       MDB_txn *rt;
       if (read_begin(s, &rt) == 0) {
         check_space(s, rt, 0, true);

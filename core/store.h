@@ -92,8 +92,10 @@ int hd_store_start(hd_store_t *s);
 /* Finish queued operations, stop the writer, close the environment. */
 void hd_store_close(hd_store_t *s);
 
-/* True while free space is below the reserve: new messages are refused
- * (HD_EFULL) and producers should stop getting credit.  Any thread. */
+/* True while producers should stop getting credit: free space is below
+ * the reserve (new messages are then refused with HD_EFULL), or the
+ * messages waiting for the writer exceed a few tens of MiB.  opts.on_space
+ * is called when either ends.  Any thread. */
 bool hd_store_full(const hd_store_t *s);
 
 /* Queue an operation (any thread).  Ownership passes to the store. */
