@@ -26,6 +26,13 @@ import unittest
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 
+try:
+    import proton  # noqa: F401  (the client every system test drives the broker with)
+except ImportError:
+    sys.stderr.write("the system tests need Python proton in %s: install the Debian package "
+                     "python3-qpid-proton (and run them with /usr/bin/python3)\n" % sys.executable)
+    sys.exit(1)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
 HADROND = os.environ.get("HADROND", os.path.join(TOP, "core", "hadrond"))
