@@ -27,7 +27,9 @@ import unittest
 sys.dont_write_bytecode = True  # keep the source tree clean
 
 try:
-    import proton  # noqa: F401  (the client every system test drives the broker with)
+    import proton
+
+    del proton  # only checking that the client is there
 except ImportError:
     sys.stderr.write("the system tests need Python proton in %s: install the Debian package "
                      "python3-qpid-proton (and run them with /usr/bin/python3)\n" % sys.executable)
@@ -250,3 +252,128 @@ def main():
     """unittest entry point with automake-friendly exit codes."""
     prog = unittest.main(exit=False, verbosity=2)
     sys.exit(0 if prog.result.wasSuccessful() else 1)
+
+
+# ---- client helpers shared by the messaging tests ---------------------------
+#
+# Python proton's BlockingConnection tops a receiver's credit up after every
+# message and grants 1 whenever it reaches 0; tests that count credit take
+# messages from the receiver's queue themselves instead (receiver(), take()).
+
+from proton import UNDESCRIBED, Array, Data, Timeout, symbol  # noqa: E402
+from proton.reactor import LinkOption  # noqa: E402
+from proton.utils import BlockingConnection  # noqa: E402
+
+WAIT = 10 * SLOW
+# How long "nothing more arrives" is watched.  Only ever used to look for
+# extra traffic, never to prove that something did arrive.
+QUIET = 0.5 * SLOW
+
+
+def passed(test):
+    """Has this test passed so far (asked in tearDown)?  unittest has no
+    public way to ask; look for it among the result's errors and failures."""
+    result = getattr(getattr(test, "_outcome", None), "result", None)
+    bad = getattr(result, "errors", []) + getattr(result, "failures", [])
+    return not any(getattr(t, "test_case", t) is test for t, _ in bad)
+
+
+class SharedBroker(unittest.TestCase):
+    """One broker for all tests of a class (keyword arguments for Broker in
+    `broker_args`).  Its directory is removed only when every test passed."""
+
+    broker_args = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.broker = Broker(**cls.broker_args)
+        cls.addClassCleanup(cls.broker.kill)  # also when setUpClass fails
+        cls.broker.start()
+        cls.all_passed = True
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.broker.stop()
+        if cls.all_passed:
+            cls.broker.cleanup()
+        else:
+            sys.stderr.write("hadrond log kept: %s\n" % cls.broker.log_path)
+
+    def setUp(self):
+        self.conns = []
+
+    def tearDown(self):
+        for c in self.conns:
+            try:
+                c.close()
+            except Exception:
+                pass
+        if not passed(self):
+            type(self).all_passed = False
+
+    def connect(self):
+        c = BlockingConnection(self.broker.url(), timeout=WAIT)
+        self.conns.append(c)
+        return c
+
+
+class Caps(LinkOption):
+    """Terminus capabilities on the link's node end (source of a receiver,
+    target of a sender)."""
+
+    def __init__(self, *caps):
+        self.caps = caps
+
+    def apply(self, link):
+        t = link.source if link.is_receiver else link.target
+        t.capabilities.put_object(Array(UNDESCRIBED, Data.SYMBOL, *[symbol(c) for c in self.caps]))
+
+
+def caps_of(terminus):
+    """The capabilities of a terminus as a list of str."""
+    data = terminus.capabilities
+    data.rewind()
+    if data.next() is None:
+        return []
+    obj = data.get_object()
+    return [str(x) for x in obj.elements] if isinstance(obj, Array) else [str(obj)]
+
+
+def receiver(conn, address, credit, **kw):
+    """A receiver granted exactly `credit` once."""
+    r = conn.create_receiver(address, credit=0, **kw)
+    if credit:
+        r.link.flow(credit)
+    return r
+
+
+def take(conn, r, timeout=WAIT):
+    """Next (message, delivery), granting no extra credit."""
+    conn.wait(lambda: r.fetcher.has_message, timeout=timeout, msg="waiting for a message")
+    return r.fetcher.incoming.popleft()
+
+
+def quiet(conn, seconds=QUIET):
+    """Let the connection run for a while (to see if anything else arrives)."""
+    try:
+        conn.wait(lambda: False, timeout=seconds)
+    except Timeout:
+        pass
+
+
+def send_wait(conn, sender, msg):
+    """Send unsettled and wait for the broker's outcome; returns the delivery."""
+    conn.wait(lambda: sender.link.credit > 0, timeout=WAIT, msg="waiting for credit")
+    dlv = sender.link.send(msg)
+    conn.wait(lambda: dlv.remote_state or dlv.settled, timeout=WAIT, msg="waiting for an outcome")
+    return dlv
+
+
+def sync(conn):
+    """Round trip on conn: the broker has handled every frame sent before
+    (it answers an attach only after processing what preceded it)."""
+    sync.n += 1
+    conn.create_sender("sync.%d" % sync.n, name="sync-%d" % sync.n).close()
+
+
+sync.n = 0

@@ -9,31 +9,12 @@ import textwrap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import unittest
 
-from proton import Delivery, Message, Timeout, symbol
+from proton import Delivery, Message, symbol
 from proton.utils import BlockingConnection
 
 import hadron_test
-from hadron_test import SLOW, Broker
-
-WAIT = 10 * SLOW
-QUIET = 0.5 * SLOW  # only for "nothing more arrives"
-
-
-def receiver(conn, address, credit, **kw):
-    """A receiver granted exactly `credit` once (BlockingConnection's own
-    receivers top their credit up after every message)."""
-    r = conn.create_receiver(address, credit=0, **kw)
-    if credit:
-        r.link.flow(credit)
-    return r
-
-
-def take(conn, r, timeout=WAIT):
-    """Next message and its delivery, granting no extra credit."""
-    conn.wait(lambda: r.fetcher.has_message, timeout=timeout, msg="waiting for a message")
-    return r.fetcher.incoming.popleft()
+from hadron_test import SharedBroker, WAIT, quiet, receiver, sync, take
 
 
 def settle(dlv, state=Delivery.ACCEPTED, failed=False, undeliverable=False, annotations=None):
@@ -44,70 +25,6 @@ def settle(dlv, state=Delivery.ACCEPTED, failed=False, undeliverable=False, anno
             dlv.local.annotations = annotations
     dlv.update(state)
     dlv.settle()
-
-
-def sync(conn):
-    """Round trip: the broker has handled every frame conn sent before
-    (it answers an attach only after what preceded it)."""
-    sync.n += 1
-    conn.create_sender("sync.%d" % sync.n, name="sync-%d" % sync.n).close()
-
-
-sync.n = 0
-
-
-def quiet(conn, seconds=QUIET):
-    try:
-        conn.wait(lambda: False, timeout=seconds)
-    except Timeout:
-        pass
-
-
-def passed(test):
-    """Has this test passed so far (asked in tearDown)?  unittest has no
-    public way to ask; look for it among the result's errors and failures."""
-    result = getattr(getattr(test, "_outcome", None), "result", None)
-    bad = getattr(result, "errors", []) + getattr(result, "failures", [])
-    return not any(getattr(t, "test_case", t) is test for t, _ in bad)
-
-
-class SharedBroker(unittest.TestCase):
-    """One broker for all tests of a class.  Its directory (config, log)
-    is removed only when every test passed."""
-
-    broker_args = {}
-
-    @classmethod
-    def setUpClass(cls):
-        cls.broker = Broker(**cls.broker_args)
-        cls.addClassCleanup(cls.broker.kill)  # also when setUpClass fails
-        cls.broker.start()
-        cls.all_passed = True
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.broker.stop()
-        if cls.all_passed:
-            cls.broker.cleanup()
-        else:
-            sys.stderr.write("hadrond log kept: %s\n" % cls.broker.log_path)
-
-    def setUp(self):
-        self.conns = []
-
-    def tearDown(self):
-        for c in self.conns:
-            try:
-                c.close()
-            except Exception:
-                pass
-        if not passed(self):
-            type(self).all_passed = False
-
-    def connect(self):
-        c = BlockingConnection(self.broker.url(), timeout=WAIT)
-        self.conns.append(c)
-        return c
 
 
 class OutcomeTest(SharedBroker):

@@ -8,76 +8,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import unittest
 
-from proton import Array, Data, Delivery, Link, Message, Timeout, Transport, UNDESCRIBED, symbol
+from proton import Delivery, Link, Message, Transport
 from proton.reactor import AtMostOnce, LinkOption
 from proton.utils import BlockingConnection, LinkDetached
 
 import hadron_test
-from hadron_test import SLOW, Broker
-
-WAIT = 10 * SLOW
-# How long "nothing more arrives" is watched.  Only ever used to look for
-# extra traffic, never to prove that something did arrive.
-QUIET = 0.5 * SLOW
-
-
-def passed(test):
-    """Has this test passed so far (asked in tearDown)?  unittest has no
-    public way to ask; look for it among the result's errors and failures."""
-    result = getattr(getattr(test, "_outcome", None), "result", None)
-    bad = getattr(result, "errors", []) + getattr(result, "failures", [])
-    return not any(getattr(t, "test_case", t) is test for t, _ in bad)
-
-
-class SharedBroker(unittest.TestCase):
-    """One broker for all tests of a class.  Its directory (config, log)
-    is removed only when every test passed."""
-
-    broker_args = {}
-
-    @classmethod
-    def setUpClass(cls):
-        cls.broker = Broker(**cls.broker_args)
-        cls.addClassCleanup(cls.broker.kill)  # also when setUpClass fails
-        cls.broker.start()
-        cls.all_passed = True
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.broker.stop()
-        if cls.all_passed:
-            cls.broker.cleanup()
-        else:
-            sys.stderr.write("hadrond log kept: %s\n" % cls.broker.log_path)
-
-    def setUp(self):
-        self.conns = []
-
-    def tearDown(self):
-        for c in self.conns:
-            try:
-                c.close()
-            except Exception:
-                pass
-        if not passed(self):
-            type(self).all_passed = False
-
-    def connect(self):
-        c = BlockingConnection(self.broker.url(), timeout=WAIT)
-        self.conns.append(c)
-        return c
-
-
-class Caps(LinkOption):
-    """Terminus capabilities on the link's node end (source of a receiver,
-    target of a sender)."""
-
-    def __init__(self, *caps):
-        self.caps = caps
-
-    def apply(self, link):
-        t = link.source if link.is_receiver else link.target
-        t.capabilities.put_object(Array(UNDESCRIBED, Data.SYMBOL, *[symbol(c) for c in self.caps]))
+from hadron_test import Broker, Caps, SharedBroker, WAIT, caps_of, quiet, receiver, send_wait, sync, take
 
 
 class RcvSecond(LinkOption):
@@ -87,54 +23,9 @@ class RcvSecond(LinkOption):
         link.rcv_settle_mode = Link.RCV_SECOND
 
 
-def caps_of(terminus):
-    """The capabilities of a terminus as a list of str."""
-    data = terminus.capabilities
-    data.rewind()
-    if data.next() is None:
-        return []
-    obj = data.get_object()
-    if isinstance(obj, Array):
-        return [str(x) for x in obj.elements]
-    return [str(obj)]
-
-
-def receiver(conn, address, credit, **kw):
-    """A receiver granted exactly `credit` once (BlockingConnection's own
-    receivers top their credit up after every message)."""
-    r = conn.create_receiver(address, credit=0, **kw)
-    if credit:
-        r.link.flow(credit)
-    return r
-
-
-def take(conn, r, timeout=WAIT):
-    """Next message and its delivery, without granting extra credit
-    (BlockingReceiver.receive() flows 1 when credit is 0)."""
-    conn.wait(lambda: r.fetcher.has_message, timeout=timeout, msg="waiting for a message")
-    msg, dlv = r.fetcher.incoming.popleft()
-    return msg, dlv
-
-
 def settle(dlv, state=Delivery.ACCEPTED):
     dlv.update(state)
     dlv.settle()
-
-
-def quiet(conn, seconds=QUIET):
-    """Let the connection run for a while (to see if anything else arrives)."""
-    try:
-        conn.wait(lambda: False, timeout=seconds)
-    except Timeout:
-        pass
-
-
-def send_wait(conn, sender, msg):
-    """Send unsettled and wait for the broker's outcome; returns the delivery."""
-    conn.wait(lambda: sender.link.credit > 0, timeout=WAIT, msg="waiting for credit")
-    dlv = sender.link.send(msg)
-    conn.wait(lambda: dlv.remote_state or dlv.settled, timeout=WAIT, msg="waiting for an outcome")
-    return dlv
 
 
 def trace_frames(conn):
@@ -143,17 +34,6 @@ def trace_frames(conn):
     conn.conn.transport.trace(Transport.TRACE_FRM)
     conn.conn.transport.tracer = lambda transport, line: frames.append(line)
     return frames
-
-
-def sync(conn):
-    """Round trip on conn: the broker has handled every frame sent before
-    (it answers an attach only after processing what preceded it)."""
-    sync.n += 1
-    s = conn.create_sender("sync.%d" % sync.n, name="sync-%d" % sync.n)
-    s.close()
-
-
-sync.n = 0
 
 
 class QueueTest(SharedBroker):

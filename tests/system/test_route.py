@@ -9,14 +9,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import unittest
 
-from proton import Array, Data, Delivery, Message, UNDESCRIBED, symbol
-from proton.reactor import LinkOption
+from proton import Delivery, Message
 from proton.utils import BlockingConnection, LinkDetached
 
 import hadron_test
-from hadron_test import SLOW, Broker, BrokerError, run_hadrond
+from hadron_test import Broker, BrokerError, Caps, SharedBroker, WAIT, caps_of, receiver, run_hadrond, send_wait, take
 
-WAIT = 10 * SLOW
 
 RULES = """
     [module route]
@@ -38,96 +36,6 @@ RULES = """
     alias = fixed.alias fixed.target
     alias = old.news news.feed
     """
-
-
-def receiver(conn, address, credit, **kw):
-    """A receiver granted exactly `credit` once (BlockingConnection's own
-    receivers top their credit up after every message)."""
-    r = conn.create_receiver(address, credit=0, **kw)
-    if credit:
-        r.link.flow(credit)
-    return r
-
-
-def take(conn, r, timeout=WAIT):
-    """Next message and its delivery, granting no extra credit."""
-    conn.wait(lambda: r.fetcher.has_message, timeout=timeout, msg="waiting for a message")
-    return r.fetcher.incoming.popleft()
-
-
-class Caps(LinkOption):
-    """Terminus capabilities on the link's node end."""
-
-    def __init__(self, *caps):
-        self.caps = caps
-
-    def apply(self, link):
-        t = link.source if link.is_receiver else link.target
-        t.capabilities.put_object(Array(UNDESCRIBED, Data.SYMBOL, *[symbol(c) for c in self.caps]))
-
-
-def caps_of(terminus):
-    data = terminus.capabilities
-    data.rewind()
-    if data.next() is None:
-        return []
-    obj = data.get_object()
-    return [str(x) for x in obj.elements] if isinstance(obj, Array) else [str(obj)]
-
-
-def send_wait(conn, sender, msg):
-    """Send unsettled and wait for the broker's outcome; returns the delivery."""
-    conn.wait(lambda: sender.link.credit > 0, timeout=WAIT, msg="waiting for credit")
-    dlv = sender.link.send(msg)
-    conn.wait(lambda: dlv.remote_state or dlv.settled, timeout=WAIT, msg="waiting for an outcome")
-    return dlv
-
-
-def passed(test):
-    """Has this test passed so far (asked in tearDown)?  unittest has no
-    public way to ask; look for it among the result's errors and failures."""
-    result = getattr(getattr(test, "_outcome", None), "result", None)
-    bad = getattr(result, "errors", []) + getattr(result, "failures", [])
-    return not any(getattr(t, "test_case", t) is test for t, _ in bad)
-
-
-class SharedBroker(unittest.TestCase):
-    """One broker for all tests of a class.  Its directory (config, log)
-    is removed only when every test passed."""
-
-    broker_args = {}
-
-    @classmethod
-    def setUpClass(cls):
-        cls.broker = Broker(**cls.broker_args)
-        cls.addClassCleanup(cls.broker.kill)  # also when setUpClass fails
-        cls.broker.start()
-        cls.all_passed = True
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.broker.stop()
-        if cls.all_passed:
-            cls.broker.cleanup()
-        else:
-            sys.stderr.write("hadrond log kept: %s\n" % cls.broker.log_path)
-
-    def setUp(self):
-        self.conns = []
-
-    def tearDown(self):
-        for c in self.conns:
-            try:
-                c.close()
-            except Exception:
-                pass
-        if not passed(self):
-            type(self).all_passed = False
-
-    def connect(self):
-        c = BlockingConnection(self.broker.url(), timeout=WAIT)
-        self.conns.append(c)
-        return c
 
 
 class RouteTest(SharedBroker):

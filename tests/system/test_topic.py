@@ -7,50 +7,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import unittest
 
-from proton import Array, Delivery, Message
-from proton.utils import BlockingConnection
+from proton import Delivery, Message
 
 import hadron_test
-from hadron_test import SLOW, Broker
+from hadron_test import SharedBroker, WAIT, caps_of, receiver, sync, take
 
-WAIT = 10 * SLOW
 MARKER = Message(body="marker")
-
-
-def sync(conn):
-    """Round trip: the broker has handled every frame conn sent before
-    (it answers an attach only after what preceded it)."""
-    sync.n += 1
-    conn.create_sender("sync.%d" % sync.n, name="sync-%d" % sync.n).close()
-
-
-sync.n = 0
-
-
-def caps_of(terminus):
-    data = terminus.capabilities
-    data.rewind()
-    if data.next() is None:
-        return []
-    obj = data.get_object()
-    return [str(x) for x in obj.elements] if isinstance(obj, Array) else [str(obj)]
-
-
-def receiver(conn, address, credit, **kw):
-    """A receiver granted exactly `credit` once (BlockingConnection's own
-    receivers top their credit up after every message)."""
-    r = conn.create_receiver(address, credit=0, **kw)
-    if credit:
-        r.link.flow(credit)
-    return r
-
-
-def take(conn, r, timeout=WAIT):
-    """Next message and its delivery, granting no extra credit."""
-    conn.wait(lambda: r.fetcher.has_message, timeout=timeout, msg="waiting for a message")
-    return r.fetcher.incoming.popleft()
 
 
 def take_all(conn, r, n):
@@ -64,53 +27,6 @@ def take_all(conn, r, n):
         d.update(Delivery.ACCEPTED)
         d.settle()
     return bodies
-
-
-def passed(test):
-    """Has this test passed so far (asked in tearDown)?  unittest has no
-    public way to ask; look for it among the result's errors and failures."""
-    result = getattr(getattr(test, "_outcome", None), "result", None)
-    bad = getattr(result, "errors", []) + getattr(result, "failures", [])
-    return not any(getattr(t, "test_case", t) is test for t, _ in bad)
-
-
-class SharedBroker(unittest.TestCase):
-    """One broker for all tests of a class.  Its directory (config, log)
-    is removed only when every test passed."""
-
-    broker_args = {}
-
-    @classmethod
-    def setUpClass(cls):
-        cls.broker = Broker(**cls.broker_args)
-        cls.addClassCleanup(cls.broker.kill)  # also when setUpClass fails
-        cls.broker.start()
-        cls.all_passed = True
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.broker.stop()
-        if cls.all_passed:
-            cls.broker.cleanup()
-        else:
-            sys.stderr.write("hadrond log kept: %s\n" % cls.broker.log_path)
-
-    def setUp(self):
-        self.conns = []
-
-    def tearDown(self):
-        for c in self.conns:
-            try:
-                c.close()
-            except Exception:
-                pass
-        if not passed(self):
-            type(self).all_passed = False
-
-    def connect(self):
-        c = BlockingConnection(self.broker.url(), timeout=WAIT)
-        self.conns.append(c)
-        return c
 
 
 class TopicTest(SharedBroker):

@@ -13,41 +13,7 @@ from proton import Condition, Delivery, Message, symbol
 from proton.utils import BlockingConnection
 
 import hadron_test
-from hadron_test import SLOW, Broker
-
-WAIT = 10 * SLOW
-
-
-def receiver(conn, address, credit, **kw):
-    """A receiver granted exactly `credit` once (BlockingConnection's own
-    receivers top their credit up after every message)."""
-    r = conn.create_receiver(address, credit=0, **kw)
-    if credit:
-        r.link.flow(credit)
-    return r
-
-
-def take(conn, r, timeout=WAIT):
-    """Next message and its delivery, granting no extra credit."""
-    conn.wait(lambda: r.fetcher.has_message, timeout=timeout, msg="waiting for a message")
-    return r.fetcher.incoming.popleft()
-
-
-def sync(conn):
-    """Round trip: the broker has handled every frame conn sent before."""
-    sync.n += 1
-    conn.create_sender("sync.%d" % sync.n, name="sync-%d" % sync.n).close()
-
-
-sync.n = 0
-
-
-def passed(test):
-    """Has this test passed so far (asked in tearDown)?  unittest has no
-    public way to ask; look for it among the result's errors and failures."""
-    result = getattr(getattr(test, "_outcome", None), "result", None)
-    bad = getattr(result, "errors", []) + getattr(result, "failures", [])
-    return not any(getattr(t, "test_case", t) is test for t, _ in bad)
+from hadron_test import Broker, WAIT, passed, receiver, sync, take
 
 
 class DeadLetterBase(unittest.TestCase):
