@@ -218,18 +218,23 @@ int hd_msg_parse(hd_msg_t *m, uint64_t now_ms, const char **why) {
   }
   while (hd_rd_left(&r)) {
     const uint8_t *start = r.p;
-    if (*r.p++ != HD_AMQP_DESCRIBED) {
-      *why = "message section is not a described type";
-      return HD_EPROTO;
-    }
     uint64_t code;
-    const uint8_t *sym;
-    size_t symlen;
-    if (!hd_rd_descriptor(&r, &code, &sym, &symlen)) {
-      *why = "unreadable section descriptor";
-      return HD_EPROTO;
+    if (hd_rd_left(&r) >= 3 && r.p[0] == HD_AMQP_DESCRIBED && r.p[1] == HD_AMQP_SMALLULONG) {
+      code = r.p[2]; /* the encoding every client we know uses */
+      r.p += 3;
+    } else {
+      if (*r.p++ != HD_AMQP_DESCRIBED) {
+        *why = "message section is not a described type";
+        return HD_EPROTO;
+      }
+      const uint8_t *sym;
+      size_t symlen;
+      if (!hd_rd_descriptor(&r, &code, &sym, &symlen)) {
+        *why = "unreadable section descriptor";
+        return HD_EPROTO;
+      }
+      if (code == UINT64_MAX) code = section_code(sym, symlen);
     }
-    if (code == UINT64_MAX) code = section_code(sym, symlen);
     if (code < HD_SEC_HEADER || code > HD_SEC_FOOTER) {
       *why = "unknown message section";
       return HD_EPROTO;
