@@ -260,7 +260,7 @@ def main():
 # message and grants 1 whenever it reaches 0; tests that count credit take
 # messages from the receiver's queue themselves instead (receiver(), take()).
 
-from proton import UNDESCRIBED, Array, Data, Timeout, symbol  # noqa: E402
+from proton import UNDESCRIBED, Array, Data, Message, Timeout, symbol  # noqa: E402
 from proton.reactor import LinkOption  # noqa: E402
 from proton.utils import BlockingConnection  # noqa: E402
 
@@ -377,3 +377,19 @@ def sync(conn):
 
 
 sync.n = 0
+
+
+def round_trip(url, address="rt.q", **kw):
+    """Send one message and receive it back on the same connection; raises
+    if it does not come back intact, returns True otherwise."""
+    body = "m-%f" % time.time()
+    c = BlockingConnection(url, timeout=WAIT, **kw)
+    try:
+        c.create_sender(address).send(Message(body=body))
+        r = c.create_receiver(address)
+        m = r.receive(timeout=WAIT)
+        r.accept()
+    finally:
+        c.close()
+    assert m.body == body, (m.body, body)
+    return True

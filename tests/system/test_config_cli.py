@@ -13,24 +13,9 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hadron_test  # noqa: E402
-from hadron_test import Broker, HADROND, SLOW, run_hadrond, write_file  # noqa: E402
+from hadron_test import Broker, HADROND, SLOW, round_trip, run_hadrond, write_file# noqa: E402
 
-from proton import ConnectionException, Message  # noqa: E402
-from proton.utils import BlockingConnection  # noqa: E402
-
-
-def round_trip(url, address="cli.q", **kw):
-    """Send one message to a queue and receive it back on a fresh connection."""
-    body = "hello %f" % time.time()
-    c = BlockingConnection(url, timeout=10 * SLOW, **kw)
-    try:
-        c.create_sender(address).send(Message(body=body))
-        r = c.create_receiver(address)
-        m = r.receive(timeout=10 * SLOW)
-        r.accept()
-    finally:
-        c.close()
-    return m.body == body
+from proton import ConnectionException  # noqa: E402
 
 
 class CommandLine(unittest.TestCase):

@@ -9,15 +9,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import unittest
 
 from proton import Condition, Data, Delivery, Described, Handler, symbol
-from proton.utils import BlockingConnection
 
 import hadron_test
-from hadron_test import SLOW, Broker, run_hadrond
+from hadron_test import SharedBroker, WAIT, run_hadrond
 
-WAIT = 10 * SLOW
 
 # ---- a small AMQP encoder -------------------------------------------------
 # Hand-built so that the message uses encodings a re-encoding broker would
@@ -178,53 +175,6 @@ class RawReceiver(Handler):
         if d.readable and not d.partial:
             self.got.append((link.recv(d.pending), d))
             link.advance()
-
-
-def passed(test):
-    """Has this test passed so far (asked in tearDown)?  unittest has no
-    public way to ask; look for it among the result's errors and failures."""
-    result = getattr(getattr(test, "_outcome", None), "result", None)
-    bad = getattr(result, "errors", []) + getattr(result, "failures", [])
-    return not any(getattr(t, "test_case", t) is test for t, _ in bad)
-
-
-class SharedBroker(unittest.TestCase):
-    """One broker for all tests of a class.  Its directory (config, log)
-    is removed only when every test passed."""
-
-    broker_args = {}
-
-    @classmethod
-    def setUpClass(cls):
-        cls.broker = Broker(**cls.broker_args)
-        cls.addClassCleanup(cls.broker.kill)  # also when setUpClass fails
-        cls.broker.start()
-        cls.all_passed = True
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.broker.stop()
-        if cls.all_passed:
-            cls.broker.cleanup()
-        else:
-            sys.stderr.write("hadrond log kept: %s\n" % cls.broker.log_path)
-
-    def setUp(self):
-        self.conns = []
-
-    def tearDown(self):
-        for c in self.conns:
-            try:
-                c.close()
-            except Exception:
-                pass
-        if not passed(self):
-            type(self).all_passed = False
-
-    def connect(self):
-        c = BlockingConnection(self.broker.url(), timeout=WAIT)
-        self.conns.append(c)
-        return c
 
 
 class PassthroughTest(SharedBroker):

@@ -9,33 +9,17 @@ import socket
 import struct
 import sys
 import tempfile
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hadron_test  # noqa: E402
-from hadron_test import Broker, SLOW, raw_socket, run_hadrond, write_file  # noqa: E402
+from hadron_test import Broker, SLOW, raw_socket, round_trip, run_hadrond, write_file# noqa: E402
 import certs  # noqa: E402
 
 from proton import ConnectionException, Data, Described, Message, SSLDomain, symbol, ulong  # noqa: E402
 from proton.utils import BlockingConnection  # noqa: E402
 
 PLAIN_KW = dict(allowed_mechs="PLAIN", allow_insecure_mechs=True)
-
-
-def round_trip(url, address="sasl.q", **kw):
-    """Send one message and receive it back on the same connection; return the body."""
-    body = "m-%f" % time.time()
-    c = BlockingConnection(url, timeout=10 * SLOW, **kw)
-    try:
-        c.create_sender(address).send(Message(body=body))
-        r = c.create_receiver(address)
-        m = r.receive(timeout=10 * SLOW)
-        r.accept()
-    finally:
-        c.close()
-    assert m.body == body, (m.body, body)
-    return m.body
 
 
 def failure(url, **kw):
