@@ -144,14 +144,12 @@ typedef struct put_op {
   hd_deliver_cb_t *cb;
 } put_op_t;
 
-static void put_done(hd_store_op_t *op, int rc) {
-  put_op_t *p = (put_op_t *)op;
-  hd_queue_t *q = p->q;
-  bool stored = op->kind == HD_OP_PUT && rc == 0;
+/* Under q->lock: the commit's outcome for one message. */
+static void put_place_locked(hd_queue_t *q, hd_store_op_t *op) {
+  bool stored = op->kind == HD_OP_PUT && op->rc == 0;
   /* A paging write of a non-durable message that failed keeps the message
    * in memory instead: it was never promised to the disk. */
   bool keep = stored || op->kind == HD_OP_NOP || (op->flags & HD_REC_NONDURABLE);
-  pthread_mutex_lock(&q->lock);
   q->pending--;
   if (keep) q->st.enqueued++;
   if (stored && (q->paged || over_budget())) {
@@ -163,10 +161,33 @@ static void put_done(hd_store_op_t *op, int rc) {
     if (stored) e->flags |= HD_ENT_STORED;
     hd_queue_place_locked(q, e);
   }
-  pthread_mutex_unlock(&q->lock);
-  if (p->cb) p->cb->done(p->cb, stored ? 0 : rc ? rc : -EIO);
-  hd_node_unref(&q->node);
-  hd_store_op_free(op);
+}
+
+/* One commit's puts to one queue: the queue lock is taken once for the
+ * run, not once per message (consumers contend for it). */
+static void put_done_run(hd_store_op_t *first, size_t n) {
+  hd_queue_t *locked = NULL;
+  hd_store_op_t *op = first;
+  for (size_t i = 0; i < n; i++, op = op->next) {
+    hd_queue_t *q = ((put_op_t *)op)->q;
+    if (q != locked) {
+      if (locked) pthread_mutex_unlock(&locked->lock);
+      pthread_mutex_lock(&q->lock);
+      locked = q;
+    }
+    put_place_locked(q, op);
+  }
+  if (locked) pthread_mutex_unlock(&locked->lock);
+  op = first;
+  for (size_t i = 0; i < n; i++) {
+    hd_store_op_t *next = op->next;
+    put_op_t *p = (put_op_t *)op;
+    bool stored = op->kind == HD_OP_PUT && op->rc == 0;
+    if (p->cb) p->cb->done(p->cb, stored ? 0 : op->rc ? op->rc : -EIO);
+    hd_node_unref(&p->q->node);
+    hd_store_op_free(op);
+    op = next;
+  }
 }
 
 static int queue_deliver(hd_queue_t *q, hd_msg_t *m, hd_deliver_cb_t *cb) {
@@ -197,7 +218,7 @@ static int queue_deliver(hd_queue_t *q, hd_msg_t *m, hd_deliver_cb_t *cb) {
   op->seq = q->next_seq++;
   op->msg = hd_msg_ref(m);
   op->delivery_count = m->delivery_count;
-  op->done = put_done;
+  op->done_run = put_done_run;
   p->q = (hd_queue_t *)hd_node_ref(&q->node);
   p->cb = durable ? cb : NULL;
   q->pending++;

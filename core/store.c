@@ -736,6 +736,19 @@ static void grow_map(hd_store_t *s) {
 static void complete(hd_store_op_t *list) {
   while (list) {
     hd_store_op_t *next = list->next;
+    if (list->done_run) {
+      size_t n = 1;
+      hd_store_op_t *last = list;
+      while (next && next->done_run == list->done_run && next->node == list->node) {
+        last = next;
+        next = next->next;
+        n++;
+      }
+      last->next = NULL;
+      list->done_run(list, n);
+      list = next;
+      continue;
+    }
     list->next = NULL;
     if (list->done)
       list->done(list, list->rc);
@@ -819,22 +832,27 @@ static void *writer_main(void *arg) {
 
     batch_t b = {0};
     b.head = s->head;
-    hd_store_op_t *last = s->head;
-    for (b.n = s->head ? 1 : 0; last && last->next && b.n < MAX_BATCH; b.n++) last = last->next;
-    if (last) {
+    bool all = s->queued <= MAX_BATCH;
+    if (all) { /* the usual case: take everything without walking it under the lock */
+      b.n = s->queued;
+      s->head = s->tail = NULL;
+      s->queued = s->urgent = 0;
+    } else {
+      hd_store_op_t *last = s->head;
+      for (b.n = 1; last->next && b.n < MAX_BATCH; b.n++) last = last->next;
       s->head = last->next;
       if (!s->head) s->tail = NULL;
       last->next = NULL;
+      s->queued -= b.n;
+      for (hd_store_op_t *op = b.head; op; op = op->next)
+        if (urgent(op->kind)) s->urgent--;
     }
-    s->queued -= b.n;
+    pthread_mutex_unlock(&s->lock);
     int64_t taken = 0;
-    for (hd_store_op_t *op = b.head; op; op = op->next) {
-      if (urgent(op->kind)) s->urgent--;
+    for (hd_store_op_t *op = b.head; op; op = op->next)
       if (op->kind == HD_OP_PUT) taken += op->msg->len;
-    }
     bool resume = atomic_fetch_sub(&s->backlog, taken) - taken < BACKLOG_LOW &&
                   atomic_exchange(&s->backlogged, false);
-    pthread_mutex_unlock(&s->lock);
     if (resume && !atomic_load(&s->full) && s->opts.on_space) s->opts.on_space();
 
     if (!b.head && atomic_load(&s->full)) { /* idle and full: has space come back? */

@@ -68,6 +68,11 @@ typedef struct hd_store_op {
    * (rc < 0; HD_EFULL when the disk is full).  It owns the op from then on
    * and must free it with hd_store_op_free.  NULL: the store frees it. */
   void (*done)(struct hd_store_op *op, int rc);
+  /* Optional, instead of done: consecutive ops of one commit with the same
+   * done_run and node are completed in one call (first, then n - 1 more
+   * through next; the list ends there), so that the owner takes its lock
+   * once per run rather than once per message.  Each op's rc is set. */
+  void (*done_run)(struct hd_store_op *first, size_t n);
   void *arg;
   int rc; /* set by the store */
 } hd_store_op_t;
