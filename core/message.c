@@ -2,6 +2,8 @@
 
 #include "message.h"
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,65 +23,126 @@ void hd_msg_mem_watch(int64_t high, int64_t low, void (*on_low)(void)) {
   mem_on_low = on_low;
 }
 
-/* A small per-thread cache of message buffers.  Messages are allocated on
- * the producer's thread and freed on the consumer's; glibc's own thread
- * cache stops at about 1 KiB, so without this every 1 KiB message would
- * take its slow path twice.  Sizes go in 128-byte classes up to 8 KiB (at
- * most 127 bytes wasted); a thread keeps at most CACHE_BYTES, the rest goes
- * back to malloc. */
+/* Message buffers are recycled rather than returned to malloc.  A message
+ * is allocated on the producer's thread and freed on the consumer's, so
+ * with plain malloc/free every message would take a glibc arena lock on
+ * both sides (the two threads contend for the producer's arena) and the
+ * arenas would keep growing and shrinking under a deep queue.  Instead each
+ * thread keeps a small cache per size class (128-byte classes up to 8 KiB,
+ * at most 127 bytes wasted), and threads trade whole magazines of MAG
+ * buffers through a shared depot: the consumer's thread hands full
+ * magazines in, the producer's takes them out, one lock per MAG messages.
+ * The depot keeps at most DEPOT_BYTES; beyond that buffers go back to
+ * malloc. */
 #define CLASS_SHIFT 7
 #define CLASSES 64
-#define CACHE_BYTES (2u << 20)
+#define MAG 32
+#define DEPOT_BYTES (32u << 20)
 
 typedef struct cached {
-  struct cached *next;
+  struct cached *next;     /* within a magazine or a thread's list */
+  struct cached *next_mag; /* first buffer of a magazine: the next magazine in the depot */
 } cached_t;
 
 static _Thread_local struct {
   cached_t *free[CLASSES];
-  size_t bytes;
+  uint32_t n[CLASSES];
 } cache;
 
+static struct {
+  pthread_mutex_t lock;
+  cached_t *mags[CLASSES]; /* full magazines of MAG buffers each */
+  size_t bytes;
+} depot = {PTHREAD_MUTEX_INITIALIZER, {NULL}, 0};
+
 static size_t class_of(size_t total) { return (total - 1) >> CLASS_SHIFT; }
+static size_t class_bytes(size_t c) { return (c + 1) << CLASS_SHIFT; }
+
+static void free_list(cached_t *b) {
+  while (b) {
+    cached_t *next = b->next;
+    free(b);
+    b = next;
+  }
+}
 
 void hd_msg_thread_done(void) {
+  for (size_t c = 0; c < CLASSES; c++) {
+    free_list(cache.free[c]);
+    cache.free[c] = NULL;
+    cache.n[c] = 0;
+  }
+  /* Only at shutdown: the depot empties with the threads that fed it. */
+  pthread_mutex_lock(&depot.lock);
   for (size_t c = 0; c < CLASSES; c++)
-    while (cache.free[c]) {
-      cached_t *b = cache.free[c];
-      cache.free[c] = b->next;
-      free(b);
+    while (depot.mags[c]) {
+      cached_t *m = depot.mags[c];
+      depot.mags[c] = m->next_mag;
+      free_list(m);
     }
-  cache.bytes = 0;
+  depot.bytes = 0;
+  pthread_mutex_unlock(&depot.lock);
+}
+
+size_t hd_msg_depot_bytes(void) {
+  pthread_mutex_lock(&depot.lock);
+  size_t n = depot.bytes;
+  pthread_mutex_unlock(&depot.lock);
+  return n;
 }
 
 static size_t alloc_size(size_t total) {
   size_t c = class_of(total);
-  return c < CLASSES ? (c + 1) << CLASS_SHIFT : total;
+  return c < CLASSES ? class_bytes(c) : total;
 }
 
 static void *buf_alloc(size_t total) {
   size_t c = class_of(total);
   if (c >= CLASSES) return malloc(total);
-  cached_t *b = cache.free[c];
-  if (b) {
-    cache.free[c] = b->next;
-    cache.bytes -= (c + 1) << CLASS_SHIFT;
-    return b;
+  if (!cache.free[c]) {
+    pthread_mutex_lock(&depot.lock);
+    cached_t *m = depot.mags[c];
+    if (m) {
+      depot.mags[c] = m->next_mag;
+      depot.bytes -= MAG * class_bytes(c);
+    }
+    pthread_mutex_unlock(&depot.lock);
+    if (!m) return malloc(class_bytes(c));
+    cache.free[c] = m;
+    cache.n[c] = MAG;
   }
-  return malloc((c + 1) << CLASS_SHIFT);
+  cached_t *b = cache.free[c];
+  cache.free[c] = b->next;
+  cache.n[c]--;
+  return b;
 }
 
 static void buf_free(void *p, size_t total) {
   size_t c = class_of(total);
-  size_t sz = (c + 1) << CLASS_SHIFT;
-  if (c >= CLASSES || cache.bytes + sz > CACHE_BYTES) {
+  if (c >= CLASSES) {
     free(p);
     return;
   }
   cached_t *b = p;
   b->next = cache.free[c];
   cache.free[c] = b;
-  cache.bytes += sz;
+  if (++cache.n[c] < 2 * MAG) return;
+  /* Keep MAG for this thread, hand the other MAG over as one magazine. */
+  cached_t *m = cache.free[c], *last = m;
+  for (int i = 1; i < MAG; i++) last = last->next;
+  cache.free[c] = last->next;
+  last->next = NULL;
+  cache.n[c] -= MAG;
+  m->next_mag = NULL;
+  pthread_mutex_lock(&depot.lock);
+  bool room = depot.bytes + MAG * class_bytes(c) <= DEPOT_BYTES;
+  if (room) {
+    m->next_mag = depot.mags[c];
+    depot.mags[c] = m;
+    depot.bytes += MAG * class_bytes(c);
+  }
+  pthread_mutex_unlock(&depot.lock);
+  if (!room) free_list(m);
 }
 
 hd_msg_t *hd_msg_alloc(size_t len) {

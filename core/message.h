@@ -53,6 +53,8 @@ void hd_msg_unref(hd_msg_t *m);
 /* A thread that allocated or freed messages is about to exit: give its
  * cached buffers back (worker and store threads call this). */
 void hd_msg_thread_done(void);
+/* Bytes of freed message buffers waiting in the shared depot for reuse. */
+size_t hd_msg_depot_bytes(void);
 
 /* Bytes of messages alive in this process (for flow control). */
 int64_t hd_msg_mem_used(void);

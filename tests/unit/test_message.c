@@ -2,10 +2,12 @@
  * written per delivery, re-annotation, and memory accounting. */
 #include "config.h"
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -829,6 +831,80 @@ static void t_mem_low_water_needs_high(void **state) {
   assert_int_equal(low_calls, 1);
 }
 
+
+/* Buffers freed on one thread come back to another through the depot:
+ * thread B frees what the main thread allocated; the main thread allocates
+ * again and gets B's buffers back; no buffer is handed out twice, contents
+ * stay intact, and the byte count returns to where it was. */
+#define XN 4000
+static hd_msg_t *xmsgs[XN];
+static pthread_barrier_t xbar;
+
+static int x_check_free(void) {
+  for (int i = 0; i < XN; i++) {
+    for (size_t j = 0; j < xmsgs[i]->len; j++)
+      if (xmsgs[i]->buf[j] != (uint8_t)(i + j)) return 1;
+    hd_msg_unref(xmsgs[i]);
+  }
+  return 0;
+}
+
+static void *x_thread_b(void *arg) {
+  int *bad = arg;
+  *bad = x_check_free();
+  pthread_barrier_wait(&xbar); /* freed: the main thread allocates again */
+  pthread_barrier_wait(&xbar); /* ... and is done */
+  hd_msg_thread_done();
+  return NULL;
+}
+
+static void x_alloc_all(void) {
+  for (int i = 0; i < XN; i++) {
+    xmsgs[i] = hd_msg_alloc(64 + (size_t)(i * 37) % 1500);
+    assert_non_null(xmsgs[i]);
+    for (size_t j = 0; j < xmsgs[i]->len; j++) xmsgs[i]->buf[j] = (uint8_t)(i + j);
+  }
+}
+
+static int ptr_cmp(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t) * (hd_msg_t *const *)a, y = (uintptr_t) * (hd_msg_t *const *)b;
+  return x < y ? -1 : x > y;
+}
+
+static void t_buffers_cross_threads(void **state) {
+  (void)state;
+  int64_t base = hd_msg_mem_used();
+  static hd_msg_t *first[XN], *second[XN];
+  x_alloc_all();
+  memcpy(first, xmsgs, sizeof first);
+  pthread_t b;
+  int bad = -1;
+  assert_int_equal(pthread_barrier_init(&xbar, NULL, 2), 0);
+  assert_int_equal(pthread_create(&b, NULL, x_thread_b, &bad), 0);
+  pthread_barrier_wait(&xbar);
+  assert_int_equal(bad, 0);
+  assert_int_equal(hd_msg_mem_used(), base);
+  size_t in_depot = hd_msg_depot_bytes();
+  assert_true(in_depot > (size_t)XN * 64 / 2); /* B handed most of them over */
+  x_alloc_all();
+  assert_true(hd_msg_depot_bytes() < in_depot / 4); /* ... and they came back here */
+  memcpy(second, xmsgs, sizeof second);
+  assert_int_equal(x_check_free(), 0);
+  pthread_barrier_wait(&xbar);
+  pthread_join(b, NULL);
+  pthread_barrier_destroy(&xbar);
+  assert_int_equal(hd_msg_mem_used(), base);
+  /* Handed out once each: no duplicates in the second round. */
+  qsort(second, XN, sizeof second[0], ptr_cmp);
+  for (int i = 1; i < XN; i++) assert_true(second[i - 1] != second[i]);
+  /* The same buffers, not new ones. */
+  qsort(first, XN, sizeof first[0], ptr_cmp);
+  int reused = 0;
+  for (int i = 0; i < XN; i++) reused += bsearch(&second[i], first, XN, sizeof first[0], ptr_cmp) != NULL;
+  assert_true(reused > XN / 2);
+  hd_msg_thread_done();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(t_parse_all_sections),
@@ -845,6 +921,7 @@ int main(void) {
       cmocka_unit_test(t_annotate_replaces),
       cmocka_unit_test(t_annotate_without_prior),
       cmocka_unit_test(t_mem_used),
+      cmocka_unit_test(t_buffers_cross_threads),
       cmocka_unit_test_teardown(t_mem_low_water_once, unwatch),
       cmocka_unit_test_teardown(t_mem_low_water_needs_high, unwatch),
   };
