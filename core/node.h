@@ -219,7 +219,13 @@ void hd_queue_insert_locked(hd_queue_t *q, hd_entry_t *e);
 void hd_queue_dispatch_locked(hd_queue_t *q);
 /* Read messages from disk into memory when a consumer is about to run dry
  * (consumer thread, no lock held). */
+/* Under q->lock: browsers with credit left look again (a message went to disk). */
+void hd_queue_wake_browsers_locked(hd_queue_t *q);
 void hd_queue_depage(hd_queue_t *q);
+/* Copies (HD_ENT_COPY) of up to `want` messages on disk with seqs from
+ * `from` to `limit`, for a browser; no lock held.  Returns true when more
+ * are on disk beyond them. */
+bool hd_queue_browse_disk(hd_queue_t *q, uint64_t from, uint64_t limit, size_t want, hd_entry_t **out);
 /* Call fn(arg) on the store's writer thread once everything submitted so
  * far is committed (at once, on this thread, when there is no store). */
 void hd_store_after(void (*fn)(void *arg, int rc), void *arg);

@@ -171,6 +171,8 @@ void hd_queue_place_locked(hd_queue_t *q, hd_entry_t *e) {
 
 void hd_queue_insert_locked(hd_queue_t *q, hd_entry_t *e) { avail_insert(q, e); }
 
+void hd_queue_wake_browsers_locked(hd_queue_t *q) { wake_browsers(q); }
+
 void hd_queue_dispatch_locked(hd_queue_t *q) {
   dispatch_waiting(q);
   wake_browsers(q);
@@ -234,6 +236,36 @@ static void pump_browser(hd_queue_t *q, hd_consumer_t *c, uint64_t now) {
     c->credit--;
     outbox_push(c, copy);
   }
+}
+
+/* Read outside the queue lock; what the browser saw meanwhile is skipped. */
+static void browse_disk(hd_queue_t *q, hd_consumer_t *c, uint64_t from, uint64_t limit, bool drain,
+                        hd_batch_t *b) {
+  hd_entry_t *list;
+  bool more = hd_queue_browse_disk(q, from, limit, (size_t)c->credit, &list);
+  hd_entry_t **tail = &b->head;
+  while (*tail) tail = &(*tail)->next;
+  pthread_mutex_lock(&q->lock);
+  while (list) {
+    hd_entry_t *e = list;
+    list = e->next;
+    e->next = NULL;
+    if (e->seq < c->browse_seq || c->credit <= 0) {
+      hd_entry_free(e);
+      continue;
+    }
+    c->browse_seq = e->seq + 1;
+    c->credit--;
+    *tail = e;
+    tail = &e->next;
+    b->n++;
+  }
+  /* Read to the end of what was on disk: nothing more for a drain. */
+  if (drain && c->credit > 0 && !more) {
+    b->drained = true;
+    c->credit = 0;
+  }
+  pthread_mutex_unlock(&q->lock);
 }
 
 void hd_queue_pump(hd_queue_t *q, hd_consumer_t *c, int64_t link_credit, bool drain,
@@ -302,13 +334,18 @@ void hd_queue_pump(hd_queue_t *q, hd_consumer_t *c, int64_t link_credit, bool dr
     }
   }
   c->credit = link_credit - (int64_t)b->n;
+  /* A browser past the part in memory reads copies from disk.  Memory holds
+   * a prefix of the queue (seqs below page_seq), so it goes on from there. */
+  bool disk = c->browse && c->credit > 0 && q->paged && c->browse_seq <= q->paged_max;
+  uint64_t from = c->browse_seq > q->page_seq ? c->browse_seq : q->page_seq, limit = q->paged_max;
   /* Messages still on disk or held for the mark are coming: not drained
    * yet.  (Uncommitted ones are not available, so they do not count.) */
-  if (drain && c->credit > 0 && !waiting && !q->paged) {
+  if (drain && c->credit > 0 && !waiting && (c->browse ? !disk : !q->paged)) {
     b->drained = true;
     c->credit = 0;
   }
   pthread_mutex_unlock(&q->lock);
+  if (disk) browse_disk(q, c, from, limit, drain, b);
 }
 
 void hd_queue_unsend(hd_queue_t *q, hd_entry_t *list) {

@@ -156,6 +156,7 @@ static void put_place_locked(hd_queue_t *q, hd_store_op_t *op) {
     q->paged++;
     if (!q->page_seq || op->seq < q->page_seq) q->page_seq = op->seq;
     if (op->seq > q->paged_max) q->paged_max = op->seq;
+    hd_queue_wake_browsers_locked(q);
   } else if (keep) {
     hd_entry_t *e = hd_entry_new(op->msg, op->seq, op->delivery_count);
     if (stored) e->flags |= HD_ENT_STORED;
@@ -328,6 +329,53 @@ void hd_queue_depage(hd_queue_t *q) {
   q->depaging = false;
   hd_queue_dispatch_locked(q);
   pthread_mutex_unlock(&q->lock);
+}
+
+/* ---- browsing what is on disk ------------------------------------------------------- */
+
+typedef struct browse_load {
+  hd_queue_t *q;
+  uint64_t limit, hwm, now;
+  size_t want, got;
+  bool more; /* stopped with records left */
+  hd_entry_t *head, *tail;
+} browse_load_t;
+
+static int browse_one(const hd_store_rec_t *r, void *arg) {
+  browse_load_t *l = arg;
+  if (r->seq > l->limit) return 1;
+  if (l->got == l->want) {
+    l->more = true;
+    return 1;
+  }
+  if (r->expiry_ms && r->expiry_ms <= l->now) return 0; /* its consumer-side read drops it */
+  hd_msg_t *m = hd_msg_alloc(r->len);
+  if (!m) return 1;
+  memcpy(m->buf, r->bytes, r->len);
+  const char *why;
+  if (hd_msg_parse(m, 0, &why) != 0) { /* logged when a consumer reads it */
+    hd_msg_unref(m);
+    return 0;
+  }
+  m->expiry_ms = r->expiry_ms;
+  bool again = r->seq <= l->hwm;
+  hd_entry_t *e = hd_entry_new(m, r->seq, r->delivery_count + again);
+  hd_msg_unref(m);
+  e->flags = HD_ENT_COPY | (again ? HD_ENT_DELIVERED : 0);
+  if (l->tail) l->tail->next = e; else l->head = e;
+  l->tail = e;
+  l->got++;
+  return 0;
+}
+
+bool hd_queue_browse_disk(hd_queue_t *q, uint64_t from, uint64_t limit, size_t want, hd_entry_t **out) {
+  *out = NULL;
+  if (!store || !q->store_id || !want) return false;
+  browse_load_t l = {.q = q, .limit = limit, .hwm = q->hwm_recovered, .now = hd_now_wall_ms(), .want = want};
+  /* One record beyond `want` tells whether there is more. */
+  long n = hd_store_scan(store, q->store_id, from, SIZE_MAX, browse_one, &l);
+  *out = l.head;
+  return n >= 0 && l.more;
 }
 
 /* ---- start-up ----------------------------------------------------------------------- */

@@ -23,7 +23,7 @@ from hadron_test import Broker, SLOW, run_hadrond  # noqa: E402
 
 from proton import Delivery, Endpoint, Link, Message, Timeout, symbol  # noqa: E402
 from proton.handlers import MessagingHandler  # noqa: E402
-from proton.reactor import Container, LinkOption  # noqa: E402
+from proton.reactor import Container, Copy, LinkOption  # noqa: E402
 from proton.utils import BlockingConnection, LinkDetached, SendException  # noqa: E402
 
 STORE_TOOL = os.environ.get("HADRON_STORE_TOOL",
@@ -197,9 +197,10 @@ class Consumer(Client):
     cleanly, so that the accepts reach the broker) or `idle_s` passed
     without a message."""
 
-    def __init__(self, url, address, expect=None, idle_s=1.5, credit=300):
+    def __init__(self, url, address, expect=None, idle_s=1.5, credit=300, options=None):
         super().__init__(prefetch=credit, auto_accept=True)
         self.url, self.address, self.expect, self.idle_s = url, address, expect, idle_s
+        self.options = options
         self.got = []
         self.last = time.time()
         self.closing = None
@@ -207,7 +208,7 @@ class Consumer(Client):
     def on_start(self, event):
         c = event.container
         self.conn = c.connect(self.url, reconnect=False)
-        c.create_receiver(self.conn, self.address)
+        c.create_receiver(self.conn, self.address, options=self.options)
         c.schedule(0.5, self)
 
     def on_timer_task(self, event):
@@ -566,6 +567,31 @@ class SpaceTest(unittest.TestCase):
             self.assertEqual((n, []), (len(prod.accepted), prod.rejected))
             self.assertGreater(stored_count(b.data_dir, "page.nd"), 0, "nothing was paged to disk")
             got = run(Consumer(b.url(), "page.nd", expect=n)).got
+            self.assertEqual(list(range(n)), [m.id for m in got])
+            self.check_bodies(got)
+
+    def test_browser_sees_paged_messages(self):
+        """A browser of a queue that outgrew queue-memory sees every message,
+        the ones on disk too, once each and in order, and they all stay for
+        a consumer; the same after a restart, when most start on disk."""
+        n = 6 * 256
+        with Broker(name="store-paging-browse", broker="queue-memory = 1M\n") as b:
+            prod = run(Producer(b.url(), "page.browse", numbered(n, KIB4)))
+            self.assertEqual((n, []), (len(prod.accepted), prod.rejected))
+            for when in ("same run", "after restart"):
+                seen = run(Consumer(b.url(), "page.browse", expect=n, options=Copy())).got
+                self.assertEqual(list(range(n)), [m.id for m in seen], when)
+                self.check_bodies(seen)
+                seen = run(Consumer(b.url(), "page.browse", expect=n + 1, idle_s=1, options=Copy())).got
+                self.assertEqual(n, len(seen), "%s: a browser saw more than the queue holds" % when)
+                if when == "same run":
+                    b.stop()
+                    b.start()
+                    m = re.search(r"queue 'page.browse', recovered \d+ messages \(\d+ in memory, (\d+) on disk\)",
+                                  b.log())
+                    self.assertIsNotNone(m, "no recovery line")
+                    self.assertGreater(int(m.group(1)), 0, "queue-memory = 1M, yet all were loaded")
+            got = run(Consumer(b.url(), "page.browse", expect=n)).got
             self.assertEqual(list(range(n)), [m.id for m in got])
             self.check_bodies(got)
 
