@@ -595,6 +595,29 @@ class SpaceTest(unittest.TestCase):
             self.assertEqual(list(range(n)), [m.id for m in got])
             self.check_bodies(got)
 
+    def test_browser_hears_of_messages_that_go_to_disk(self):
+        """A browser waiting with credit on a paged queue gets a message that
+        arrives later and goes straight to disk.  (8 MiB: reading back for
+        the browser brings at most 4 MiB into memory, so the queue stays
+        paged.)"""
+        n = 8 * 256
+        with Broker(name="store-paging-browse-wait", broker="queue-memory = 1M\n") as b:
+            prod = run(Producer(b.url(), "page.wait", numbered(n, KIB4)))
+            self.assertEqual((n, []), (len(prod.accepted), prod.rejected))
+            conn = connect(b.url())
+            try:
+                br = conn.create_receiver("page.wait", credit=n + 10, options=Copy())
+                # Copies are left unsettled, and the browser says nothing more
+                # after quiet(): only the broker's own wake can bring the next.
+                for i in range(n):
+                    self.assertEqual(i, br.receive(timeout=10 * SLOW).id)
+                hadron_test.quiet(conn)  # its last credit goes out and is used up
+                prod = run(Producer(b.url(), "page.wait", numbered(1, KIB4, start=n)))
+                self.assertEqual(1, len(prod.accepted))
+                self.assertEqual(n, br.receive(timeout=5 * SLOW).id)
+            finally:
+                conn.close()
+
     def test_map_grows_when_full(self):
         """store-map-size = 1M with 5 MiB of messages: the map grows (logged),
         nothing is refused or lost, and the grown store opens again."""
