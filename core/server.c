@@ -241,11 +241,13 @@ static int open_store(const hd_settings_t *st) {
                        .map_size = (uint64_t)st->store_map_size,
                        .reserve = (uint64_t)st->store_reserve,
                        .on_space = hd_server_request_resume};
+  hd_store_guard_begin("hadrond", st->data_dir, "at start-up", true);
   int rc = hd_store_open(st->data_dir, &o, &S.store, err, sizeof err);
   if (!rc) {
     hd_queues_use_store(S.store, st->queue_memory);
     rc = hd_queues_recover(err, sizeof err);
   }
+  hd_store_guard_end();
   if (!rc) {
     hd_addr_durable_declared();
     rc = hd_store_start(S.store);

@@ -160,4 +160,11 @@ int hd_store_info(const char *data_dir, void (*say)(const char *line, void *arg)
 long hd_store_check(const char *data_dir, void (*say)(const char *line, void *arg), void *arg,
                     char *err, size_t errlen);
 
+/* While a store is being read at start-up (or by hadron-store): a crash
+ * inside LMDB, which only a damaged page can cause, prints a refusal that
+ * names the store ("<who>: store DATA_DIR/store: damaged ... <when> ...", and
+ * with suggest_check the hadron-store command to look closer) and exits 1.  end() restores the previous handlers. */
+void hd_store_guard_begin(const char *who, const char *data_dir, const char *when, bool suggest_check);
+void hd_store_guard_end(void);
+
 #endif

@@ -14,6 +14,7 @@ test_config_cli.py.
 import hashlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,55 @@ class RefuseTest(StoreCase):
             f.write(bytes(size - 2 * page))
         out = self.refused()
         self.assertRegex(out, r"corrupt|unreadable")
+
+    def test_damaged_page_headers(self):
+        """LMDB keeps no checksums, and a page whose header was damaged can
+        make it read outside the page or fail an assertion.  For damage to
+        each page of a real store: hadrond starts (the page is not one it
+        reads at start-up) or refuses the store, exit 1, with a message
+        naming it, and leaves it unchanged: it never dies of a signal.
+        hadron-store check never does either.  Some of these damages make
+        LMDB crash (signals 11, 7, 6 here), and the refusal says so."""
+        self.load("store-v1")
+        page = os.sysconf("SC_PAGE_SIZE")
+        path = os.path.join(self.store, "data.mdb")
+        with open(path, "rb") as f:
+            original = f.read()
+        crashes = set()
+        # (offset in the page, value): mp_lower, mp_upper, mp_flags, first node offset
+        damages = ((12, 0), (12, 0xFFFF), (14, 0), (10, 1), (16, 0xFFFF))
+        for pg in range(2, len(original) // page):
+            for off, val in damages:
+                what = "page %d, 16-bit word at %d = %#x" % (pg, off, val)
+                b = bytearray(original)
+                b[pg * page + off:pg * page + off + 2] = val.to_bytes(2, "little")
+                with open(path, "wb") as f:
+                    f.write(b)
+                before = snapshot(self.store)
+                p = subprocess.Popen([HADROND, "-c", self.b.conf], stderr=subprocess.PIPE, text=True)
+                out, started = [], False
+                for line in p.stderr:
+                    out.append(line)
+                    if "listening on" in line:
+                        started = True
+                        p.terminate()
+                out = "".join(out) + p.stderr.read()
+                p.stderr.close()
+                rc = p.wait(timeout=10 * SLOW)
+                if not started:
+                    self.assertEqual(1, rc, "%s: hadrond exited %d:\n%s" % (what, rc, out))
+                    self.assertIn("store %s" % self.store, out, what)
+                    self.assertEqual(before, snapshot(self.store), "%s: the refused store was changed" % what)
+                    m = re.search(r"damaged, LMDB crashed \(signal (\d+)\)", out)
+                    if m:
+                        crashes.add(int(m.group(1)))
+                else:
+                    self.assertEqual(0, rc, "%s: hadrond started, then exited %d:\n%s" % (what, rc, out))
+                with open(path, "wb") as f:  # a started broker may have written
+                    f.write(b)
+                code, sout, serr = store_tool("-d", self.b.data_dir, "check")
+                self.assertIn(code, (0, 1), "%s: hadron-store check exited %d:\n%s%s" % (what, code, sout, serr))
+        self.assertTrue(crashes, "no damage made LMDB crash: the guard was not exercised")
 
     def test_not_a_hadron_store(self):
         """An LMDB environment written by some other program: refused."""
