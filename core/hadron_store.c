@@ -47,7 +47,8 @@ int main(int argc, char **argv) {
   char err[1024];
   const char *cmd = argv[optind];
   /* Its whole job is reading a store that may be damaged. */
-  hd_store_guard_begin("hadron-store", dir, "", false);
+  hd_store_guard_install("hadron-store", dir, false);
+  hd_store_guard_enter("reading it; nothing was changed");
   if (strcmp(cmd, "info") == 0) {
     if (hd_store_info(dir, print_line, NULL, err, sizeof err) != 0) {
       fprintf(stderr, "hadron-store: %s\n", err);

@@ -241,13 +241,14 @@ static int open_store(const hd_settings_t *st) {
                        .map_size = (uint64_t)st->store_map_size,
                        .reserve = (uint64_t)st->store_reserve,
                        .on_space = hd_server_request_resume};
-  hd_store_guard_begin("hadrond", st->data_dir, "at start-up", true);
+  hd_store_guard_install("hadrond", st->data_dir, true);
+  const char *g = hd_store_guard_enter("reading it at start-up; nothing was changed");
   int rc = hd_store_open(st->data_dir, &o, &S.store, err, sizeof err);
   if (!rc) {
     hd_queues_use_store(S.store, st->queue_memory);
     rc = hd_queues_recover(err, sizeof err);
   }
-  hd_store_guard_end();
+  hd_store_guard_leave(g);
   if (!rc) {
     hd_addr_durable_declared();
     rc = hd_store_start(S.store);
@@ -342,6 +343,7 @@ int hd_server_run(hd_settings_t *st, const char *config_path) {
   pn_proactor_free(S.proactor);
   /* After the workers: whatever they submitted is committed before exit. */
   hd_store_close(S.store);
+  hd_store_guard_uninstall();
   hd_queues_use_store(NULL, INT64_MAX);
   for (hd_listener_t *l = S.listeners, *n; l; l = n) {
     n = l->next;

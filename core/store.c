@@ -373,8 +373,21 @@ static int parse_rec(const MDB_val *k, const MDB_val *d, hd_store_rec_t *r) {
   return 0;
 }
 
+static long scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
+                 int (*fn)(const hd_store_rec_t *r, void *arg), void *arg);
+
+/* The records handed to fn point into the map, so fn's reads are guarded
+ * too: a damaged length would send them outside it. */
 long hd_store_scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
                    int (*fn)(const hd_store_rec_t *r, void *arg), void *arg) {
+  const char *g = hd_store_guard_enter("reading messages from it; nothing was changed, but hadrond stops");
+  long n = scan(s, node, from, max, fn, arg);
+  hd_store_guard_leave(g);
+  return n;
+}
+
+static long scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
+                 int (*fn)(const hd_store_rec_t *r, void *arg), void *arg) {
   MDB_txn *txn;
   int rc = read_begin(s, &txn);
   if (rc) return -EIO;
@@ -864,7 +877,11 @@ static void *writer_main(void *arg) {
     }
     if (b.head) {
       int rc;
+      const char *g = hd_store_guard_enter(
+          "writing to it; the commit in progress was not written, and its producers had not heard "
+          "'accepted': nothing acknowledged is lost, but hadrond stops");
       while ((rc = apply_batch(s, &b)) == MDB_MAP_FULL) grow_map(s);
+      hd_store_guard_leave(g);
       if (rc) {
         atomic_fetch_add(&s->failed, 1);
         /* LMDB reports a short write on a full disk as an I/O error: look

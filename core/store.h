@@ -160,11 +160,14 @@ int hd_store_info(const char *data_dir, void (*say)(const char *line, void *arg)
 long hd_store_check(const char *data_dir, void (*say)(const char *line, void *arg), void *arg,
                     char *err, size_t errlen);
 
-/* While a store is being read at start-up (or by hadron-store): a crash
- * inside LMDB, which only a damaged page can cause, prints a refusal that
- * names the store ("<who>: store DATA_DIR/store: damaged ... <when> ...", and
- * with suggest_check the hadron-store command to look closer) and exits 1.  end() restores the previous handlers. */
-void hd_store_guard_begin(const char *who, const char *data_dir, const char *when, bool suggest_check);
-void hd_store_guard_end(void);
+/* Damaged stores (store_guard.c): install() once, then each stretch of
+ * LMDB work is bracketed by enter(what) and leave(the value enter
+ * returned).  A crash inside one prints "<who>: store DATA_DIR/store:
+ * damaged, LMDB crashed (signal N) while <what>" and what to do (with
+ * suggest_check, the hadron-store command to look closer), and exits 1. */
+void hd_store_guard_install(const char *who, const char *data_dir, bool suggest_check);
+void hd_store_guard_uninstall(void);
+const char *hd_store_guard_enter(const char *what);
+void hd_store_guard_leave(const char *prev);
 
 #endif

@@ -30,6 +30,7 @@ from proton.utils import BlockingConnection  # noqa: E402
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 STORE_TOOL = os.environ.get("HADRON_STORE_TOOL", os.path.join(os.path.dirname(HADROND), "hadron-store"))
 MDB_LOAD = shutil.which("mdb_load")
+MDB_DUMP = shutil.which("mdb_dump")
 
 
 def store_tool(*args):
@@ -157,6 +158,74 @@ class RefuseTest(StoreCase):
                 code, sout, serr = store_tool("-d", self.b.data_dir, "check")
                 self.assertIn(code, (0, 1), "%s: hadron-store check exited %d:\n%s%s" % (what, code, sout, serr))
         self.assertTrue(crashes, "no damage made LMDB crash: the guard was not exercised")
+
+    def test_damage_found_while_writing(self):
+        """Damage that start-up does not read (a page's mp_upper, which only
+        inserting looks at) makes LMDB crash when the writer reaches it.
+        hadrond then stops with exit 1 and a line naming the store and
+        saying that nothing acknowledged is lost; the message it was
+        writing was never accepted.  Never a bare signal."""
+        self.load("store-v1")
+        page = os.sysconf("SC_PAGE_SIZE")
+        path = os.path.join(self.store, "data.mdb")
+        with open(path, "rb") as f:
+            original = f.read()
+        stopped = 0
+        for pg in range(2, len(original) // page):
+            b = bytearray(original)
+            b[pg * page + 14:pg * page + 16] = bytes(2)  # mp_upper = 0
+            with open(path, "wb") as f:
+                f.write(b)
+            p = subprocess.Popen([HADROND, "-c", self.b.conf], stderr=subprocess.PIPE, text=True)
+            out, port = [], None
+            for line in p.stderr:
+                out.append(line)
+                m = re.search(r"listening on .*:(\d+)", line)
+                if m:
+                    port = m.group(1)
+                    break
+            accepted = False
+            if port:
+                try:
+                    c = BlockingConnection("amqp://127.0.0.1:%s" % port, timeout=5 * SLOW)
+                    c.create_sender("damaged.q").send(Message(body="x", durable=True))
+                    accepted = True
+                    c.close()
+                except Exception:  # the broker went away: see how below
+                    pass
+                if accepted:
+                    p.terminate()
+            out = "".join(out) + p.stderr.read()
+            p.stderr.close()
+            rc = p.wait(timeout=10 * SLOW)
+            what = "page %d, mp_upper = 0" % pg
+            self.assertGreaterEqual(rc, 0, "%s: hadrond died of signal %d:\n%s" % (what, -rc, out))
+            if port and not accepted:
+                self.assertEqual(1, rc, "%s:\n%s" % (what, out))
+                self.assertRegex(out, r"store %s: damaged, LMDB crashed \(signal \d+\) while writing to it; "
+                                 r".*nothing acknowledged is lost" % re.escape(self.store), what)
+                stopped += 1
+                if stopped == 1:
+                    self.salvage_keeps_messages(what)
+        self.assertGreater(stopped, 0, "no damage was found while writing: the guard was not exercised")
+
+    def salvage_keeps_messages(self, what):
+        """hadron-store(1), DAMAGED STORES: copying the readable records into
+        a new store with mdb_dump and mdb_load keeps every message."""
+        if not MDB_DUMP:
+            self.skipTest("mdb_dump not found: install lmdb-utils (Debian)")
+        dump = subprocess.run([MDB_DUMP, "-a", self.store], capture_output=True, timeout=30)
+        self.assertEqual(0, dump.returncode, "%s: mdb_dump: %s" % (what, dump.stderr))
+        fresh = Broker(name="store-salvaged")
+        self.addCleanup(fresh.cleanup)
+        os.makedirs(os.path.join(fresh.data_dir, "store"))
+        load = subprocess.run([MDB_LOAD, os.path.join(fresh.data_dir, "store")], input=dump.stdout,
+                              capture_output=True, timeout=30)
+        self.assertEqual(0, load.returncode, "%s: mdb_load: %s" % (what, load.stderr))
+        code, out, err = store_tool("-d", fresh.data_dir, "check")
+        self.assertEqual(0, code, "%s: the salvaged store: %s%s" % (what, out, err))
+        with fresh:
+            self.assertEqual(["one", "two", "three"], receive_bodies(fresh.url(), "fx.q"), what)
 
     def test_not_a_hadron_store(self):
         """An LMDB environment written by some other program: refused."""
