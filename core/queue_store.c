@@ -334,7 +334,6 @@ void hd_queue_depage(hd_queue_t *q) {
 /* ---- browsing what is on disk ------------------------------------------------------- */
 
 typedef struct browse_load {
-  hd_queue_t *q;
   uint64_t limit, hwm, now;
   size_t want, got;
   bool more; /* stopped with records left */
@@ -371,7 +370,7 @@ static int browse_one(const hd_store_rec_t *r, void *arg) {
 bool hd_queue_browse_disk(hd_queue_t *q, uint64_t from, uint64_t limit, size_t want, hd_entry_t **out) {
   *out = NULL;
   if (!store || !q->store_id || !want) return false;
-  browse_load_t l = {.q = q, .limit = limit, .hwm = q->hwm_recovered, .now = hd_now_wall_ms(), .want = want};
+  browse_load_t l = {.limit = limit, .hwm = q->hwm_recovered, .now = hd_now_wall_ms(), .want = want};
   /* One record beyond `want` tells whether there is more. */
   long n = hd_store_scan(store, q->store_id, from, SIZE_MAX, browse_one, &l);
   *out = l.head;

@@ -374,19 +374,6 @@ static int parse_rec(const MDB_val *k, const MDB_val *d, hd_store_rec_t *r) {
 }
 
 static long scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
-                 int (*fn)(const hd_store_rec_t *r, void *arg), void *arg);
-
-/* The records handed to fn point into the map, so fn's reads are guarded
- * too: a damaged length would send them outside it. */
-long hd_store_scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
-                   int (*fn)(const hd_store_rec_t *r, void *arg), void *arg) {
-  const char *g = hd_store_guard_enter("reading messages from it; nothing was changed, but hadrond stops");
-  long n = scan(s, node, from, max, fn, arg);
-  hd_store_guard_leave(g);
-  return n;
-}
-
-static long scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
                  int (*fn)(const hd_store_rec_t *r, void *arg), void *arg) {
   MDB_txn *txn;
   int rc = read_begin(s, &txn);
@@ -413,6 +400,16 @@ static long scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
   }
   mdb_cursor_close(c);
   read_end(s, txn);
+  return n;
+}
+
+/* The records handed to fn point into the map, so fn's reads are guarded
+ * too: a damaged length would send them outside it. */
+long hd_store_scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
+                   int (*fn)(const hd_store_rec_t *r, void *arg), void *arg) {
+  const char *g = hd_store_guard_enter("reading messages from it; nothing was changed, but hadrond stops");
+  long n = scan(s, node, from, max, fn, arg);
+  hd_store_guard_leave(g);
   return n;
 }
 
@@ -493,6 +490,7 @@ typedef struct stat_delta {
 typedef struct batch {
   hd_store_op_t *head;
   size_t n;
+  uint64_t need; /* room its puts may take: see apply_batch */
   stat_delta_t deltas[64];
   size_t n_deltas;
   bool overflow; /* more nodes than deltas: recount those below */
@@ -665,9 +663,7 @@ static int apply_batch(hd_store_t *s, batch_t *b) {
   /* Room for this batch's messages: their bytes, twice over for pages
    * copied on write and the tree around them.  Measured in a read
    * transaction: LMDB lets no cursor walk its free list in a write one. */
-  uint64_t need = 0;
-  for (hd_store_op_t *op = b->head; op; op = op->next)
-    if (op->kind == HD_OP_PUT) need += 2 * (HD_REC_HDR + op->msg->len);
+  uint64_t need = b->need;
   if (need || atomic_load(&s->full)) {
     MDB_txn *rt;
     if (read_begin(s, &rt) == 0) {
@@ -861,9 +857,12 @@ static void *writer_main(void *arg) {
         if (urgent(op->kind)) s->urgent--;
     }
     pthread_mutex_unlock(&s->lock);
-    int64_t taken = 0;
+    int64_t taken = 0; /* one walk of the batch for both sums */
     for (hd_store_op_t *op = b.head; op; op = op->next)
-      if (op->kind == HD_OP_PUT) taken += op->msg->len;
+      if (op->kind == HD_OP_PUT) {
+        taken += op->msg->len;
+        b.need += 2 * (HD_REC_HDR + op->msg->len);
+      }
     bool resume = atomic_fetch_sub(&s->backlog, taken) - taken < BACKLOG_LOW &&
                   atomic_exchange(&s->backlogged, false);
     if (resume && !atomic_load(&s->full) && s->opts.on_space) s->opts.on_space();

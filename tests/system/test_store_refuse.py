@@ -64,6 +64,41 @@ class StoreCase(unittest.TestCase):
                            capture_output=True, text=True, timeout=30)
         self.assertEqual(0, p.returncode, "mdb_load %s: %s" % (fixture, p.stderr))
 
+    def damaged_copies(self, words):
+        """For each page after the two meta pages and each (offset, value)
+        in words: write data.mdb as loaded, with that 16-bit word of that
+        page set, and yield (a description, the damaged bytes)."""
+        page = os.sysconf("SC_PAGE_SIZE")  # LMDB's page size is the OS page size
+        path = os.path.join(self.store, "data.mdb")
+        with open(path, "rb") as f:
+            original = f.read()
+        for pg in range(2, len(original) // page):
+            for off, val in words:
+                b = bytearray(original)
+                b[pg * page + off:pg * page + off + 2] = val.to_bytes(2, "little")
+                with open(path, "wb") as f:
+                    f.write(b)
+                yield "page %d, 16-bit word at %d = %#x" % (pg, off, val), b
+
+    def start_watching(self):
+        """Start hadrond on this store; return it, what it logged until it
+        listened or exited, and its port (None: it did not listen)."""
+        p = subprocess.Popen([HADROND, "-c", self.b.conf], stderr=subprocess.PIPE, text=True)
+        out = []
+        for line in p.stderr:
+            out.append(line)
+            m = re.search(r"listening on .*:(\d+)", line)
+            if m:
+                return p, out, m.group(1)
+        return p, out, None
+
+    @staticmethod
+    def finish(p, out):
+        """Wait for a process from start_watching; its exit status and all it logged."""
+        out = "".join(out) + p.stderr.read()
+        p.stderr.close()
+        return p.wait(timeout=10 * SLOW), out
+
     def refused(self):
         """Run hadrond on the store; it must exit 1 and leave the store as it was."""
         before = snapshot(self.store)
@@ -119,44 +154,29 @@ class RefuseTest(StoreCase):
         hadron-store check never does either.  Some of these damages make
         LMDB crash (signals 11, 7, 6 here), and the refusal says so."""
         self.load("store-v1")
-        page = os.sysconf("SC_PAGE_SIZE")
         path = os.path.join(self.store, "data.mdb")
-        with open(path, "rb") as f:
-            original = f.read()
         crashes = set()
         # (offset in the page, value): mp_lower, mp_upper, mp_flags, first node offset
         damages = ((12, 0), (12, 0xFFFF), (14, 0), (10, 1), (16, 0xFFFF))
-        for pg in range(2, len(original) // page):
-            for off, val in damages:
-                what = "page %d, 16-bit word at %d = %#x" % (pg, off, val)
-                b = bytearray(original)
-                b[pg * page + off:pg * page + off + 2] = val.to_bytes(2, "little")
-                with open(path, "wb") as f:
-                    f.write(b)
-                before = snapshot(self.store)
-                p = subprocess.Popen([HADROND, "-c", self.b.conf], stderr=subprocess.PIPE, text=True)
-                out, started = [], False
-                for line in p.stderr:
-                    out.append(line)
-                    if "listening on" in line:
-                        started = True
-                        p.terminate()
-                out = "".join(out) + p.stderr.read()
-                p.stderr.close()
-                rc = p.wait(timeout=10 * SLOW)
-                if not started:
-                    self.assertEqual(1, rc, "%s: hadrond exited %d:\n%s" % (what, rc, out))
-                    self.assertIn("store %s" % self.store, out, what)
-                    self.assertEqual(before, snapshot(self.store), "%s: the refused store was changed" % what)
-                    m = re.search(r"damaged, LMDB crashed \(signal (\d+)\)", out)
-                    if m:
-                        crashes.add(int(m.group(1)))
-                else:
-                    self.assertEqual(0, rc, "%s: hadrond started, then exited %d:\n%s" % (what, rc, out))
-                with open(path, "wb") as f:  # a started broker may have written
-                    f.write(b)
-                code, sout, serr = store_tool("-d", self.b.data_dir, "check")
-                self.assertIn(code, (0, 1), "%s: hadron-store check exited %d:\n%s%s" % (what, code, sout, serr))
+        for what, b in self.damaged_copies(damages):
+            before = snapshot(self.store)
+            p, out, port = self.start_watching()
+            if port:
+                p.terminate()
+            rc, out = self.finish(p, out)
+            if not port:
+                self.assertEqual(1, rc, "%s: hadrond exited %d:\n%s" % (what, rc, out))
+                self.assertIn("store %s" % self.store, out, what)
+                self.assertEqual(before, snapshot(self.store), "%s: the refused store was changed" % what)
+                m = re.search(r"damaged, LMDB crashed \(signal (\d+)\)", out)
+                if m:
+                    crashes.add(int(m.group(1)))
+            else:
+                self.assertEqual(0, rc, "%s: hadrond started, then exited %d:\n%s" % (what, rc, out))
+            with open(path, "wb") as f:  # a started broker may have written
+                f.write(b)
+            code, sout, serr = store_tool("-d", self.b.data_dir, "check")
+            self.assertIn(code, (0, 1), "%s: hadron-store check exited %d:\n%s%s" % (what, code, sout, serr))
         self.assertTrue(crashes, "no damage made LMDB crash: the guard was not exercised")
 
     def test_damage_found_while_writing(self):
@@ -166,24 +186,9 @@ class RefuseTest(StoreCase):
         saying that nothing acknowledged is lost; the message it was
         writing was never accepted.  Never a bare signal."""
         self.load("store-v1")
-        page = os.sysconf("SC_PAGE_SIZE")
-        path = os.path.join(self.store, "data.mdb")
-        with open(path, "rb") as f:
-            original = f.read()
         stopped = 0
-        for pg in range(2, len(original) // page):
-            b = bytearray(original)
-            b[pg * page + 14:pg * page + 16] = bytes(2)  # mp_upper = 0
-            with open(path, "wb") as f:
-                f.write(b)
-            p = subprocess.Popen([HADROND, "-c", self.b.conf], stderr=subprocess.PIPE, text=True)
-            out, port = [], None
-            for line in p.stderr:
-                out.append(line)
-                m = re.search(r"listening on .*:(\d+)", line)
-                if m:
-                    port = m.group(1)
-                    break
+        for what, _ in self.damaged_copies(((14, 0),)):  # mp_upper = 0
+            p, out, port = self.start_watching()
             accepted = False
             if port:
                 try:
@@ -195,10 +200,7 @@ class RefuseTest(StoreCase):
                     pass
                 if accepted:
                     p.terminate()
-            out = "".join(out) + p.stderr.read()
-            p.stderr.close()
-            rc = p.wait(timeout=10 * SLOW)
-            what = "page %d, mp_upper = 0" % pg
+            rc, out = self.finish(p, out)
             self.assertGreaterEqual(rc, 0, "%s: hadrond died of signal %d:\n%s" % (what, -rc, out))
             if port and not accepted:
                 self.assertEqual(1, rc, "%s:\n%s" % (what, out))
