@@ -187,7 +187,7 @@ static void pending_settle(hd_work_t *w) {
              "the broker could not store the message; see its log, retry later");
   }
   hd_conn_outstanding_done(c);
-  free(p);
+  hd_obj_free(p, sizeof *p);
   hd_conn_unref(c);
 }
 
@@ -196,13 +196,13 @@ static void pending_done(hd_deliver_cb_t *cb, int rc) {
   p->rc = rc;
   if (!hd_conn_post(p->conn, &p->work)) { /* the connection has gone */
     hd_conn_t *c = p->conn;
-    free(p);
+    hd_obj_free(p, sizeof *p);
     hd_conn_unref(c);
   }
 }
 
 static hd_pending_t *pending_new(hd_inlink_t *in, pn_delivery_t *d) {
-  hd_pending_t *p = hd_xmalloc(sizeof *p);
+  hd_pending_t *p = hd_obj_alloc(sizeof *p);
   *p = (hd_pending_t){0};
   p->cb.done = pending_done;
   p->work.run = pending_settle;
@@ -221,7 +221,7 @@ static void pending_drop(hd_pending_t *p) {
   if (p->prev) p->prev->next = p->next; else in->pending = p->next;
   if (p->next) p->next->prev = p->prev;
   hd_conn_unref(p->conn);
-  free(p);
+  hd_obj_free(p, sizeof *p);
 }
 
 static hd_node_t *relay_target(hd_inlink_t *in, hd_msg_t *m, hd_refusal_t *ref) {

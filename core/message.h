@@ -56,6 +56,12 @@ void hd_msg_thread_done(void);
 /* Bytes of freed message buffers waiting in the shared depot for reuse. */
 size_t hd_msg_depot_bytes(void);
 
+/* Small fixed-size objects that are made on one thread and freed on
+ * another (queue entries, store operations): the same per-thread caches
+ * and depot as message buffers.  Free with the size given to alloc. */
+void *hd_obj_alloc(size_t size);
+void hd_obj_free(void *p, size_t size);
+
 /* Bytes of messages alive in this process (for flow control). */
 int64_t hd_msg_mem_used(void);
 /* Called (from any thread) when usage falls back below `low` after

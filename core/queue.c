@@ -14,12 +14,12 @@ void hd_entry_free(hd_entry_t *e) {
   if (!e) return;
   hd_msg_unref(e->msg);
   free(e->avoid);
-  free(e);
+  hd_obj_free(e, sizeof *e);
 }
 
 hd_entry_t *hd_entry_new(hd_msg_t *m, uint64_t seq, uint32_t delivery_count) {
-  /* malloc, not calloc: small mallocs come from glibc's thread cache. */
-  hd_entry_t *e = hd_xmalloc(sizeof *e);
+  /* Made on the producer's (or store's) thread, freed on the consumer's. */
+  hd_entry_t *e = hd_obj_alloc(sizeof *e);
   *e = (hd_entry_t){0};
   e->msg = hd_msg_ref(m);
   e->seq = seq;

@@ -79,7 +79,9 @@ void hd_store_after(void (*fn)(void *arg, int rc), void *arg) {
     fn(arg, 0);
     return;
   }
-  after_op_t *a = hd_xcalloc(1, sizeof *a);
+  _Static_assert(sizeof(after_op_t) <= HD_STORE_OP_SIZE, "after_op_t outgrew HD_STORE_OP_SIZE");
+  after_op_t *a = hd_obj_alloc(HD_STORE_OP_SIZE);
+  *a = (after_op_t){0};
   a->op.kind = HD_OP_BARRIER;
   a->op.done = after_done;
   a->fn = fn;
@@ -210,7 +212,8 @@ static int queue_deliver(hd_queue_t *q, hd_msg_t *m, hd_deliver_cb_t *cb) {
     pthread_mutex_unlock(&q->lock);
     return 0;
   }
-  put_op_t *p = hd_xmalloc(sizeof *p);
+  _Static_assert(sizeof(put_op_t) <= HD_STORE_OP_SIZE, "put_op_t outgrew HD_STORE_OP_SIZE");
+  put_op_t *p = hd_obj_alloc(HD_STORE_OP_SIZE);
   *p = (put_op_t){0};
   hd_store_op_t *op = &p->op;
   op->kind = durable || q->paged || over_budget() ? HD_OP_PUT : HD_OP_NOP;

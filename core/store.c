@@ -61,7 +61,7 @@ static const char *lmdb_err(int rc) { return rc == ENOSPC ? "no space left on th
 /* ---- operations ---------------------------------------------------------------- */
 
 hd_store_op_t *hd_store_op_new(hd_store_op_kind_t kind) {
-  hd_store_op_t *op = hd_xmalloc(sizeof *op); /* malloc's thread cache, unlike calloc */
+  hd_store_op_t *op = hd_obj_alloc(HD_STORE_OP_SIZE); /* freed on the writer's thread */
   *op = (hd_store_op_t){.kind = kind};
   return op;
 }
@@ -70,7 +70,7 @@ void hd_store_op_free(hd_store_op_t *op) {
   if (!op) return;
   hd_msg_unref(op->msg);
   free(op->blob);
-  free(op);
+  hd_obj_free(op, HD_STORE_OP_SIZE);
 }
 
 static bool urgent(hd_store_op_kind_t k) {

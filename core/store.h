@@ -77,6 +77,9 @@ typedef struct hd_store_op {
   int rc; /* set by the store */
 } hd_store_op_t;
 
+/* Every op is allocated at this size (hd_obj_alloc), so that owners may
+ * embed hd_store_op_t first in a larger struct of at most this size. */
+#define HD_STORE_OP_SIZE 128
 hd_store_op_t *hd_store_op_new(hd_store_op_kind_t kind);
 void hd_store_op_free(hd_store_op_t *op);
 

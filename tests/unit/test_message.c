@@ -905,6 +905,58 @@ static void t_buffers_cross_threads(void **state) {
   hd_msg_thread_done();
 }
 
+/* Small objects (queue entries, store operations) ride the same caches:
+ * made on one thread, freed on another, and reused rather than malloc'd. */
+#define ON 2048
+static void *objs[ON];
+
+static void *o_free_all(void *arg) {
+  for (int i = 0; i < ON; i++) {
+    unsigned char *p = objs[i];
+    for (size_t j = 0; j < 56; j++)
+      if (p[j] != (unsigned char)i) *(int *)arg = 1;
+    hd_obj_free(objs[i], 56);
+  }
+  pthread_barrier_wait(&xbar); /* freed: the main thread allocates again */
+  pthread_barrier_wait(&xbar); /* ... and is done */
+  hd_msg_thread_done();
+  return NULL;
+}
+
+static void t_objects_cross_threads(void **state) {
+  (void)state;
+  int64_t base = hd_msg_mem_used();
+  static void *first[ON];
+  for (int i = 0; i < ON; i++) memset(objs[i] = first[i] = hd_obj_alloc(56), i, 56);
+  assert_int_equal(hd_msg_mem_used(), base); /* not message bytes */
+  int bad = 0;
+  pthread_t t;
+  assert_int_equal(pthread_barrier_init(&xbar, NULL, 2), 0);
+  assert_int_equal(pthread_create(&t, NULL, o_free_all, &bad), 0);
+  pthread_barrier_wait(&xbar);
+  assert_int_equal(bad, 0);
+  for (int i = 0; i < ON; i++) memset(objs[i] = hd_obj_alloc(56), 0, 56);
+  pthread_barrier_wait(&xbar);
+  pthread_join(t, NULL);
+  pthread_barrier_destroy(&xbar);
+  qsort(objs, ON, sizeof objs[0], ptr_cmp);
+  for (int i = 1; i < ON; i++) assert_true(objs[i - 1] != objs[i]);
+  qsort(first, ON, sizeof first[0], ptr_cmp);
+  int reused = 0;
+  for (int i = 0; i < ON; i++) reused += bsearch(&objs[i], first, ON, sizeof first[0], ptr_cmp) != NULL;
+  assert_true(reused > ON / 2);
+  /* A message buffer never comes out of an object's class, and sizes
+   * beyond the object classes still work. */
+  hd_msg_t *m = hd_msg_alloc(8);
+  assert_null(bsearch(&m, objs, ON, sizeof objs[0], ptr_cmp));
+  hd_msg_unref(m);
+  void *big = hd_obj_alloc(4096);
+  memset(big, 1, 4096);
+  hd_obj_free(big, 4096);
+  for (int i = 0; i < ON; i++) hd_obj_free(objs[i], 56);
+  hd_msg_thread_done();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(t_parse_all_sections),
@@ -922,6 +974,7 @@ int main(void) {
       cmocka_unit_test(t_annotate_without_prior),
       cmocka_unit_test(t_mem_used),
       cmocka_unit_test(t_buffers_cross_threads),
+      cmocka_unit_test(t_objects_cross_threads),
       cmocka_unit_test_teardown(t_mem_low_water_once, unwatch),
       cmocka_unit_test_teardown(t_mem_low_water_needs_high, unwatch),
   };
