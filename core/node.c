@@ -45,6 +45,7 @@ hd_node_t *hd_node_new(hd_node_type_t type, const char *address, uint32_t flags,
 }
 
 static void queue_destroy(hd_queue_t *q) {
+  hd_queue_store_destroy(q);
   for (hd_entry_t *e = q->head, *n; e; e = n) {
     n = e->next;
     hd_entry_free(e);

@@ -222,6 +222,11 @@ void hd_queue_dispatch_locked(hd_queue_t *q);
 /* Under q->lock: browsers with credit left look again (a message went to disk). */
 void hd_queue_wake_browsers_locked(hd_queue_t *q);
 void hd_queue_depage(hd_queue_t *q);
+/* True while some queue holds messages only on disk, or memory is over the
+ * budget: the store must then write to LMDB, not to its log (any thread). */
+bool hd_queues_may_page(void);
+/* A queue is going away: it no longer counts as paged. */
+void hd_queue_store_destroy(hd_queue_t *q);
 /* Copies (HD_ENT_COPY) of up to `want` messages on disk with seqs from
  * `from` to `limit`, for a browser; no lock held.  Returns true when more
  * are on disk beyond them. */

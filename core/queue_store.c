@@ -46,6 +46,22 @@ hd_store_t *hd_queues_store(void) { return store; }
 
 static bool over_budget(void) { return hd_msg_mem_used() > budget; }
 
+/* Queues with messages held only on disk.  While there are any (or memory
+ * is over the budget) the store writes to LMDB directly rather than to its
+ * log: what a queue reads back from disk must be in LMDB. */
+static _Atomic long paged_queues;
+
+bool hd_queues_may_page(void) { return atomic_load_explicit(&paged_queues, memory_order_relaxed) > 0 || over_budget(); }
+
+/* Under q->lock. */
+static void set_paged(hd_queue_t *q, uint64_t n) {
+  if (!q->paged && n) atomic_fetch_add(&paged_queues, 1);
+  if (q->paged && !n) atomic_fetch_sub(&paged_queues, 1);
+  q->paged = n;
+}
+
+void hd_queue_store_destroy(hd_queue_t *q) { set_paged(q, 0); }
+
 bool hd_node_stores(const hd_node_t *n) {
   return store && n->type == HD_NODE_QUEUE && ((const hd_queue_t *)n)->store_id;
 }
@@ -154,8 +170,11 @@ static void put_place_locked(hd_queue_t *q, hd_store_op_t *op) {
   bool keep = stored || op->kind == HD_OP_NOP || (op->flags & HD_REC_NONDURABLE);
   q->pending--;
   if (keep) q->st.enqueued++;
-  if (stored && (q->paged || over_budget())) {
-    q->paged++;
+  /* Only a record in LMDB can be read back.  One only in the store's log
+   * stays in memory; the queue cannot have paged messages then (the store
+   * logs nothing while hd_queues_may_page()), so order is kept. */
+  if (stored && op->in_tree && (q->paged || over_budget())) {
+    set_paged(q, q->paged + 1);
     if (!q->page_seq || op->seq < q->page_seq) q->page_seq = op->seq;
     if (op->seq > q->paged_max) q->paged_max = op->seq;
     hd_queue_wake_browsers_locked(q);
@@ -323,9 +342,9 @@ void hd_queue_depage(hd_queue_t *q) {
   if (n < 0 || (l.seen == 0 && q->paged)) {
     HD_LOG(HD_LOG_ERR, "core", "queue '%s', %" PRIu64 " messages are counted on disk but cannot be read (%s); "
            "run hadron-store check", q->node.address, q->paged, n < 0 ? hd_strerror((int)n) : "none found");
-    q->paged = 0;
+    set_paged(q, 0);
   } else {
-    q->paged = l.seen > q->paged ? 0 : q->paged - l.seen;
+    set_paged(q, l.seen > q->paged ? 0 : q->paged - l.seen);
     q->page_seq = l.last_seq + 1;
   }
   if (!q->paged) q->page_seq = q->paged_max = 0;
@@ -423,7 +442,7 @@ static int recover_node(const hd_store_node_t *sn, void *arg) {
     q->hwm_done = q->hwm_asked = q->hwm_recovered = 0;
   }
   if (sn->count > l.seen) {
-    q->paged = sn->count - l.seen;
+    set_paged(q, sn->count - l.seen);
     q->page_seq = l.seen ? l.last_seq + 1 : 1;
     q->paged_max = sn->max_seq;
   }

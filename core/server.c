@@ -240,7 +240,9 @@ static int open_store(const hd_settings_t *st) {
                        .interval_ms = st->store_flush_interval_ms,
                        .map_size = (uint64_t)st->store_map_size,
                        .reserve = (uint64_t)st->store_reserve,
-                       .on_space = hd_server_request_resume};
+                       .log_size = (uint64_t)st->store_log_size,
+                       .on_space = hd_server_request_resume,
+                       .may_page = hd_queues_may_page};
   hd_store_guard_install("hadrond", st->data_dir, true);
   const char *g = hd_store_guard_enter("reading it at start-up; nothing was changed");
   int rc = hd_store_open(st->data_dir, &o, &S.store, err, sizeof err);

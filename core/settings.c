@@ -58,6 +58,8 @@ const hd_directive_t hd_broker_directives[] = {
      "with store-flush = interval, how often commits are flushed to disk"},
     {"store-map-size", HD_CFG_SIZE, 0, 1 << 20, INT64_MAX, "1G", NULL,
      "initial size of the store's map; it doubles when full"},
+    {"store-log-size", HD_CFG_SIZE, 0, 0, INT64_MAX, "256M", NULL,
+     "size of the store's log, written in front of LMDB (0: no log, every commit goes to LMDB)"},
     {"store-reserve", HD_CFG_SIZE, 0, 0, INT64_MAX, "64M", NULL,
      "free disk space kept back: below it new messages are refused and producers wait"},
     {"queue-memory", HD_CFG_SIZE, 0, 1 << 20, INT64_MAX, "256M", NULL,
@@ -269,6 +271,7 @@ int hd_settings_build(hd_config_t *cfg, hd_settings_t **out, char *err, size_t e
   st->store_flush_interval_ms = (uint32_t)hd_cfg_int(b, "store-flush-interval");
   st->store_map_size = hd_cfg_int(b, "store-map-size");
   st->store_reserve = hd_cfg_int(b, "store-reserve");
+  st->store_log_size = hd_cfg_int(b, "store-log-size");
   st->queue_memory = hd_cfg_int(b, "queue-memory");
 
   for (hd_cfg_section_t *s = cfg->sections; s; s = s->next) {

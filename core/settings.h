@@ -64,7 +64,7 @@ typedef struct hd_settings {
   hd_node_opts_t defaults; /* every field set */
   bool store_flush_interval;
   uint32_t store_flush_interval_ms;
-  int64_t store_map_size, store_reserve, queue_memory;
+  int64_t store_map_size, store_reserve, store_log_size, queue_memory;
   hd_listener_conf_t *listeners;
   hd_node_conf_t *nodes;
 } hd_settings_t;

@@ -17,6 +17,8 @@
 
 #include "log.h"
 #include "store_format.h"
+#include "store_log.h"
+#include "store_table.h"
 #include "util.h"
 
 /* Operations per transaction: enough to amortise the fsync, few enough that
@@ -53,7 +55,15 @@ struct hd_store {
   _Atomic uint64_t next_node;
   atomic_bool full;      /* free space below the reserve */
   uint64_t space_budget; /* bytes writable before measuring again (writer) */
-  _Atomic uint64_t commits, ops, syncs, failed, grows;
+  _Atomic uint64_t commits, ops, syncs, failed, grows, log_batches, checkpoints;
+  /* The log in front of LMDB (store_log.h) and what it holds that LMDB
+   * does not yet (store_table.h); the writer's, after start-up. */
+  hd_slog_t log;
+  bool log_open;
+  bool log_usable; /* the disk has room for it (log_room) */
+  hd_table_t table;
+  uint64_t log_lsn; /* LMDB's "log-lsn": where the log starts since the last checkpoint */
+  uint64_t format;  /* on disk; a checkpoint raises 1 to HD_STORE_FORMAT */
 };
 
 static const char *lmdb_err(int rc) { return rc == ENOSPC ? "no space left on the device" : mdb_strerror(rc); }
@@ -105,6 +115,8 @@ static int refuse(char *err, size_t errlen, const char *dir, const char *fmt, ..
   return HD_ECONFIG;
 }
 
+static int open_log(hd_store_t *s, char *err, size_t errlen);
+
 static int open_dbis(hd_store_t *s, MDB_txn *txn, unsigned flags) {
   int rc;
   if ((rc = mdb_dbi_open(txn, "meta", flags, &s->meta))) return rc;
@@ -137,12 +149,15 @@ static int create_new(hd_store_t *s, char *err, size_t errlen) {
   if (!rc) rc = open_dbis(s, txn, MDB_CREATE);
   if (!rc) rc = meta_put64(txn, s->meta, "format", HD_STORE_FORMAT);
   if (!rc) rc = meta_put64(txn, s->meta, "next-node", 1);
+  if (!rc) rc = meta_put64(txn, s->meta, "log-lsn", 1);
   if (rc) {
     mdb_txn_abort(txn);
     return refuse(err, errlen, s->dir, "cannot initialise: %s", lmdb_err(rc));
   }
   if ((rc = mdb_txn_commit(txn))) return refuse(err, errlen, s->dir, "cannot initialise: %s", lmdb_err(rc));
   atomic_store(&s->next_node, 1);
+  s->log_lsn = 1;
+  s->format = HD_STORE_FORMAT;
   HD_LOG(HD_LOG_NOTICE, "core", "store '%s', created (format %d)", s->dir, HD_STORE_FORMAT);
   return 0;
 }
@@ -175,9 +190,17 @@ static int check_existing(hd_store_t *s, char *err, size_t errlen) {
     return refuse(err, errlen, s->dir, "is corrupt (%s); move it away to start empty, or restore a backup",
                   lmdb_err(rc));
   }
-  uint64_t format = 0, next = 0;
+  uint64_t format = 0, next = 0, lsn = 1;
   if (!rc) rc = meta_get64(txn, s->meta, "format", &format);
   if (!rc) rc = meta_get64(txn, s->meta, "next-node", &next);
+  /* Format 2 is format 1 plus the log (store_log.h); the records are the
+   * same.  A format-1 store has never had a log: it starts at LSN 1, and
+   * the first checkpoint writes format 2, after which hadrond builds that
+   * read format 1 only refuse it rather than miss what a log holds. */
+  if (!rc && format == HD_STORE_FORMAT) {
+    rc = meta_get64(txn, s->meta, "log-lsn", &lsn);
+    if (rc == MDB_NOTFOUND) rc = 0, lsn = 1;
+  }
   /* Commit, not abort: database handles opened in an aborted transaction
    * are closed with it. */
   if (rc)
@@ -187,12 +210,14 @@ static int check_existing(hd_store_t *s, char *err, size_t errlen) {
   if (rc)
     return refuse(err, errlen, s->dir, "its format record is missing or damaged (%s); it was not written by hadrond, or is corrupt",
                   lmdb_err(rc));
-  if (format != HD_STORE_FORMAT)
+  if (format != HD_STORE_FORMAT && format != 1)
     return refuse(err, errlen, s->dir,
-                  "has format %" PRIu64 ", this hadrond reads format %d only; run the hadrond that wrote it, "
-                  "or start with another data-dir (nothing was changed)",
+                  "has format %" PRIu64 ", this hadrond reads formats 1 and %d only; run the hadrond that "
+                  "wrote it, or start with another data-dir (nothing was changed)",
                   format, HD_STORE_FORMAT);
   atomic_store(&s->next_node, next);
+  s->log_lsn = lsn;
+  s->format = format;
   return 0;
 }
 
@@ -240,9 +265,11 @@ int hd_store_open(const char *data_dir, const hd_store_opts_t *opts, hd_store_t 
   mdb_env_info(s->env, &info);
   s->map_size = info.me_mapsize; /* an existing store may be larger */
   if ((rc = check_existing(s, err, errlen))) goto fail;
+  if ((rc = open_log(s, err, errlen))) goto fail;
   *out = s;
   return 0;
 fail:
+  if (s->log_open) hd_slog_close(&s->log);
   if (s->env) mdb_env_close(s->env);
   pthread_rwlock_destroy(&s->map_lock);
   pthread_mutex_destroy(&s->lock);
@@ -260,6 +287,8 @@ void hd_store_get_stats(hd_store_t *s, hd_store_stats_t *o) {
   o->syncs = atomic_load(&s->syncs);
   o->failed_commits = atomic_load(&s->failed);
   o->map_grows = atomic_load(&s->grows);
+  o->log_batches = atomic_load(&s->log_batches);
+  o->checkpoints = atomic_load(&s->checkpoints);
   o->map_size = s->map_size;
 }
 
@@ -392,7 +421,7 @@ static long scan(hd_store_t *s, uint64_t node, uint64_t from, size_t max,
     if (k.mv_size != 16 || hd_get64(k.mv_data) != node) break;
     hd_store_rec_t r;
     if (parse_rec(&k, &d, &r)) {
-      n = -HD_EPROTO;
+      n = HD_EPROTO; /* negative, like every error */
       break;
     }
     n++;
@@ -493,7 +522,8 @@ typedef struct batch {
   uint64_t need; /* room its puts may take: see apply_batch */
   stat_delta_t deltas[64];
   size_t n_deltas;
-  bool overflow; /* more nodes than deltas: recount those below */
+  bool overflow;  /* more nodes than deltas: recount those below */
+  bool tree_only; /* node records: straight to LMDB, not through the log */
 } batch_t;
 
 static stat_delta_t *delta(batch_t *b, uint64_t node) {
@@ -533,6 +563,7 @@ static void apply_put(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
     t->rc = rc;
     return;
   }
+  op->in_tree = true;
   uint8_t *p = d.mv_data;
   memset(p, 0, HD_REC_HDR);
   p[0] = 1;
@@ -659,18 +690,20 @@ static void apply_stats(hd_store_t *s, wtxn_t *t, batch_t *b) {
   }
 }
 
-static int apply_batch(hd_store_t *s, batch_t *b) {
-  /* Room for this batch's messages: their bytes, twice over for pages
-   * copied on write and the tree around them.  Measured in a read
-   * transaction: LMDB lets no cursor walk its free list in a write one. */
-  uint64_t need = b->need;
-  if (need || atomic_load(&s->full)) {
+/* Room for this batch's messages: their bytes, twice over for pages copied
+ * on write and the tree around them.  Measured in a read transaction: LMDB
+ * lets no cursor walk its free list in a write one. */
+static void check_batch_space(hd_store_t *s, const batch_t *b) {
+  if (b->need || atomic_load(&s->full)) {
     MDB_txn *rt;
     if (read_begin(s, &rt) == 0) {
-      check_space(s, rt, need, false);
+      check_space(s, rt, b->need, false);
       read_end(s, rt);
     }
   }
+}
+
+static int apply_batch(hd_store_t *s, batch_t *b) {
   bool full = atomic_load(&s->full);
   wtxn_t t = {NULL, mdb_txn_begin(s->env, NULL, 0, &t.txn), NULL};
   if (t.rc) return t.rc;
@@ -739,6 +772,210 @@ static void grow_map(hd_store_t *s) {
   s->map_size = size;
   atomic_fetch_add(&s->grows, 1);
   HD_LOG(HD_LOG_INFO, "core", "store '%s', map grown to %" PRIu64 " MiB", s->dir, size >> 20);
+}
+
+/* ---- the log (store_log.h) ------------------------------------------------------ */
+
+/* Write what the table holds to LMDB in one transaction, which also moves
+ * "log-lsn" past the log's last batch so that the log can start again. */
+static int apply_table(hd_store_t *s, hd_pend_t **v, size_t n) {
+  batch_t b = {0};
+  hd_table_t *tb = &s->table;
+  wtxn_t t = {NULL, mdb_txn_begin(s->env, NULL, 0, &t.txn), NULL};
+  if (t.rc) return t.rc;
+  for (size_t i = 0; i < n && !t.rc; i++) {
+    hd_store_op_t op = {.kind = HD_OP_PUT, .flags = v[i]->flags, .delivery_count = v[i]->delivery_count,
+                        .node = v[i]->node, .seq = v[i]->seq, .msg = v[i]->msg};
+    apply_put(s, &t, &b, &op);
+  }
+  for (size_t i = 0; i < tb->updates.n && !t.rc; i++) {
+    hd_store_op_t op = {.kind = HD_OP_UPDATE, .node = tb->updates.v[i].node, .seq = tb->updates.v[i].seq,
+                        .delivery_count = tb->updates.v[i].delivery_count};
+    apply_update(s, &t, &op);
+  }
+  for (size_t i = 0; i < tb->dels.n && !t.rc; i++) {
+    hd_store_op_t op = {.kind = HD_OP_DEL, .node = tb->dels.v[i].node, .seq = tb->dels.v[i].seq};
+    apply_del(s, &t, &b, &op);
+  }
+  for (size_t i = 0; i < tb->hwms.n && !t.rc; i++) {
+    uint8_t kb[8], vb[8];
+    hd_put64(kb, tb->hwms.v[i].node);
+    hd_put64(vb, tb->hwms.v[i].seq);
+    MDB_val k = {8, kb}, d = {8, vb};
+    w_put(&t, s->hwm, &k, &d, 0);
+  }
+  /* The highest seq of every node that had puts, even ones deleted since:
+   * a restart must not hand out their seqs again. */
+  for (size_t i = 0; i < tb->maxseq.n; i++) {
+    stat_delta_t *sd = delta(&b, tb->maxseq.v[i].node);
+    if (!sd)
+      b.overflow = true;
+    else if (tb->maxseq.v[i].seq > sd->max_seq)
+      sd->max_seq = tb->maxseq.v[i].seq;
+  }
+  if (t.del) mdb_cursor_close(t.del);
+  apply_stats(s, &t, &b);
+  if (!t.rc) t.rc = meta_put64(t.txn, s->meta, "log-lsn", s->log.next_lsn);
+  if (!t.rc && s->format != HD_STORE_FORMAT) t.rc = meta_put64(t.txn, s->meta, "format", HD_STORE_FORMAT);
+  if (t.rc) {
+    mdb_txn_abort(t.txn);
+    return t.rc;
+  }
+  if ((t.rc = mdb_txn_commit(t.txn))) return t.rc;
+  if (s->format != HD_STORE_FORMAT)
+    HD_LOG(HD_LOG_NOTICE, "core", "store '%s', upgraded from format %" PRIu64 " to %d (adds the store log)",
+           s->dir, s->format, HD_STORE_FORMAT);
+  s->format = HD_STORE_FORMAT;
+  return 0;
+}
+
+/* Is there room on the filesystem to keep using the log?  A checkpoint
+ * needs up to a log's worth of space in LMDB, so the log is used only while
+ * the disk has several logs' worth above the reserve; otherwise every
+ * commit goes to LMDB as it would without a log. */
+static bool log_room(hd_store_t *s) {
+  struct statvfs fs;
+  if (!s->log_open || !s->opts.log_size || statvfs(s->dir, &fs) != 0) return false;
+  return (uint64_t)fs.f_bavail * fs.f_frsize >= s->opts.reserve + 4 * s->opts.log_size;
+}
+
+/* Move what the log holds into LMDB and start the log again. */
+static int checkpoint(hd_store_t *s, bool force) {
+  if (!s->log_open || (!force && s->log.off == 0 && hd_table_empty(&s->table))) return 0;
+  size_t n;
+  hd_pend_t **v = hd_table_sorted(&s->table, &n);
+  int rc;
+  while ((rc = apply_table(s, v, n)) == MDB_MAP_FULL) grow_map(s);
+  free(v);
+  if (rc) return rc;
+  /* With store-flush = interval that commit was not flushed, and the log
+   * that holds the same is about to be overwritten. */
+  if (s->opts.flush_interval && (rc = mdb_env_sync(s->env, 1))) return rc;
+  s->log_lsn = s->log.next_lsn;
+  hd_table_clear(&s->table);
+  hd_slog_restart(&s->log, s->log_lsn);
+  s->log_usable = log_room(s);
+  atomic_fetch_add(&s->checkpoints, 1);
+  return 0;
+}
+
+/* Append the batch to the log and record it in the table.  *done false:
+ * it did not fit even in an empty log; it must go to LMDB. */
+static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
+  *done = false;
+  hd_slog_begin(&s->log);
+  for (hd_store_op_t *op = b->head; op; op = op->next) {
+    hd_slog_op_t lo = {.kind = 0, .node = op->node, .seq = op->seq, .delivery_count = op->delivery_count};
+    switch (op->kind) {
+    case HD_OP_PUT:
+      lo.kind = HD_SLOG_PUT;
+      lo.flags = op->flags;
+      lo.expiry_ms = op->msg->expiry_ms;
+      lo.bytes = op->msg->buf;
+      lo.len = op->msg->len;
+      break;
+    case HD_OP_DEL: lo.kind = HD_SLOG_DEL; break;
+    case HD_OP_UPDATE: lo.kind = HD_SLOG_UPDATE; break;
+    case HD_OP_HWM: lo.kind = HD_SLOG_HWM; break;
+    default: continue; /* no-ops, barriers (node records never come here) */
+    }
+    hd_slog_add(&s->log, &lo);
+  }
+  if (!s->log.nops) { /* barriers and no-ops only: what came before is already flushed */
+    for (hd_store_op_t *op = b->head; op; op = op->next) op->rc = 0;
+    *done = true;
+    return 0;
+  }
+  uint64_t spare = s->opts.reserve + s->opts.log_size;
+  if (!hd_slog_fits(&s->log, spare)) {
+    int rc = checkpoint(s, false);
+    if (rc) return rc;
+    if (!s->log_usable || !hd_slog_fits(&s->log, spare)) return 0;
+  }
+  int rc = hd_slog_write(&s->log, s->opts.flush_interval);
+  if (rc) return -rc;
+  atomic_fetch_add(&s->log_batches, 1);
+  for (hd_store_op_t *op = b->head; op; op = op->next) {
+    op->rc = 0;
+    switch (op->kind) {
+    case HD_OP_PUT:
+      op->in_tree = false;
+      hd_table_put(&s->table, op->node, op->seq, op->flags, op->delivery_count, op->msg);
+      break;
+    case HD_OP_DEL: hd_table_del(&s->table, op->node, op->seq); break;
+    case HD_OP_UPDATE: hd_table_update(&s->table, op->node, op->seq, op->delivery_count); break;
+    case HD_OP_HWM: hd_table_hwm(&s->table, op->node, op->seq); break;
+    default: break;
+    }
+  }
+  *done = true;
+  return 0;
+}
+
+/* One batch: to the log when it can take it, else to LMDB (after moving
+ * what the log holds there first, so that LMDB sees everything in order). */
+static int commit_batch(hd_store_t *s, batch_t *b) {
+  check_batch_space(s, b);
+  int rc;
+  if (s->log_usable && !b->tree_only && !atomic_load(&s->full) && !(s->opts.may_page && s->opts.may_page())) {
+    bool done;
+    if ((rc = log_batch(s, b, &done)) || done) return rc;
+  } else if ((rc = checkpoint(s, false))) {
+    return rc;
+  }
+  while ((rc = apply_batch(s, b)) == MDB_MAP_FULL) grow_map(s);
+  return rc;
+}
+
+/* ---- start-up: what the log holds goes to LMDB -------------------------------- */
+
+static int replay_one(const hd_slog_op_t *op, void *arg) {
+  hd_store_t *s = arg;
+  switch (op->kind) {
+  case HD_SLOG_PUT: {
+    hd_msg_t *m = hd_msg_alloc(op->len);
+    if (!m) return -ENOMEM;
+    memcpy(m->buf, op->bytes, op->len);
+    m->expiry_ms = op->expiry_ms;
+    hd_table_put(&s->table, op->node, op->seq, op->flags, op->delivery_count, m);
+    hd_msg_unref(m);
+    break;
+  }
+  case HD_SLOG_DEL: hd_table_del(&s->table, op->node, op->seq); break;
+  case HD_SLOG_UPDATE: hd_table_update(&s->table, op->node, op->seq, op->delivery_count); break;
+  case HD_SLOG_HWM: hd_table_hwm(&s->table, op->node, op->seq); break;
+  default: break;
+  }
+  return 0;
+}
+
+static int open_log(hd_store_t *s, char *err, size_t errlen) {
+  int rc = hd_slog_open(&s->log, s->dir, s->opts.log_size);
+  if (rc) return refuse(err, errlen, s->dir, "cannot open its log: %s", strerror(-rc));
+  s->log_open = true;
+  uint64_t next, ops;
+  long n = hd_slog_replay(s->dir, s->log_lsn, replay_one, s, &next, &ops);
+  if (n < 0) {
+    hd_table_clear(&s->table);
+    return refuse(err, errlen, s->dir,
+                  "its log (%s/log) cannot be read: %s; nothing was changed; restore the data-dir from a "
+                  "backup, or move the log away to start without what it holds",
+                  s->dir, n == HD_EPROTO ? "a batch that checks out holds malformed operations" : hd_strerror((int)n));
+  }
+  hd_slog_restart(&s->log, next);
+  if (n > 0) {
+    if ((rc = checkpoint(s, true))) {
+      hd_table_clear(&s->table);
+      return refuse(err, errlen, s->dir, "cannot move its log into LMDB: %s", lmdb_err(rc));
+    }
+    HD_LOG(HD_LOG_NOTICE, "core", "store '%s', replayed %ld batches (%" PRIu64 " operations) from its log",
+           s->dir, n, ops);
+  }
+  s->log_usable = log_room(s);
+  if (s->opts.log_size && !s->log_usable)
+    HD_LOG(HD_LOG_NOTICE, "core", "store '%s', less than 4 x store-log-size free above store-reserve: "
+           "commits go to LMDB directly until a checkpoint finds more room", s->dir);
+  return 0;
 }
 
 /* Completions run in submission order; each op carries its own result. */
@@ -862,6 +1099,8 @@ static void *writer_main(void *arg) {
       if (op->kind == HD_OP_PUT) {
         taken += op->msg->len;
         b.need += 2 * (HD_REC_HDR + op->msg->len);
+      } else if (op->kind == HD_OP_NODE_PUT || op->kind == HD_OP_NODE_DEL) {
+        b.tree_only = true;
       }
     bool resume = atomic_fetch_sub(&s->backlog, taken) - taken < BACKLOG_LOW &&
                   atomic_exchange(&s->backlogged, false);
@@ -879,7 +1118,7 @@ static void *writer_main(void *arg) {
       const char *g = hd_store_guard_enter(
           "writing to it; the commit in progress was not written, and its producers had not heard "
           "'accepted': nothing acknowledged is lost, but hadrond stops");
-      while ((rc = apply_batch(s, &b)) == MDB_MAP_FULL) grow_map(s);
+      rc = commit_batch(s, &b);
       hd_store_guard_leave(g);
       if (rc) {
         atomic_fetch_add(&s->failed, 1);
@@ -902,15 +1141,26 @@ static void *writer_main(void *arg) {
     }
     if (s->opts.flush_interval && dirty && hd_now_mono_ms() >= next_sync) {
       mdb_env_sync(s->env, 1);
+      if (s->log_open) hd_slog_sync(&s->log);
       atomic_fetch_add(&s->syncs, 1);
       dirty = false;
       next_sync = hd_now_mono_ms() + s->opts.interval_ms;
     }
   }
+  /* A clean stop leaves the log empty: everything is in LMDB. */
+  const char *g = hd_store_guard_enter("moving its log into LMDB at shutdown; the log still holds it all, and the next start "
+                                       "moves it again");
+  int rc = checkpoint(s, false);
+  hd_store_guard_leave(g);
+  if (rc)
+    HD_LOG(HD_LOG_ERR, "core", "store '%s', cannot move its log into LMDB at shutdown (%s); the next start "
+           "does it", s->dir, lmdb_err(rc));
   if (s->opts.flush_interval) {
     mdb_env_sync(s->env, 1);
+    if (s->log_open) hd_slog_sync(&s->log);
     atomic_fetch_add(&s->syncs, 1);
   }
+  hd_table_clear(&s->table); /* what a failed checkpoint left: the log has it */
   hd_msg_thread_done();
   return NULL;
 }
@@ -935,8 +1185,11 @@ void hd_store_close(hd_store_t *s) {
   complete(s->head);
   hd_store_stats_t st;
   hd_store_get_stats(s, &st);
-  HD_LOG(HD_LOG_INFO, "core", "store '%s', closed: %" PRIu64 " commits, %" PRIu64 " operations, %" PRIu64 " syncs",
-         s->dir, st.commits, st.ops, st.syncs);
+  HD_LOG(HD_LOG_INFO, "core", "store '%s', closed: %" PRIu64 " commits, %" PRIu64 " operations, %" PRIu64
+         " syncs, %" PRIu64 " commits to the log, %" PRIu64 " checkpoints",
+         s->dir, st.commits, st.ops, st.syncs, st.log_batches, st.checkpoints);
+  hd_table_clear(&s->table);
+  if (s->log_open) hd_slog_close(&s->log);
   mdb_env_close(s->env);
   pthread_rwlock_destroy(&s->map_lock);
   pthread_mutex_destroy(&s->lock);

@@ -37,7 +37,7 @@
 #include "message.h"
 #include "settings.h"
 
-#define HD_STORE_FORMAT 1
+#define HD_STORE_FORMAT 2
 
 typedef struct hd_store hd_store_t;
 
@@ -74,7 +74,9 @@ typedef struct hd_store_op {
    * once per run rather than once per message.  Each op's rc is set. */
   void (*done_run)(struct hd_store_op *first, size_t n);
   void *arg;
-  int rc; /* set by the store */
+  int rc;       /* set by the store */
+  bool in_tree; /* set by the store: a PUT's record is in LMDB (hd_store_scan
+                 * finds it), not only in the store's log */
 } hd_store_op_t;
 
 /* Every op is allocated at this size (hd_obj_alloc), so that owners may
@@ -88,7 +90,11 @@ typedef struct hd_store_opts {
   uint32_t interval_ms;
   uint64_t map_size;        /* initial LMDB map size; grows when full */
   uint64_t reserve;         /* refuse new messages below this much free space */
+  uint64_t log_size;        /* the log in front of LMDB (0: none) */
   void (*on_space)(void);   /* called (writer thread) when space is back */
+  /* True while anything may be read back from disk (paged queues): the
+   * writer then commits to LMDB directly.  NULL: never. */
+  bool (*may_page)(void);
 } hd_store_opts_t;
 
 /* Open (creating if needed) and check the format.  err names the problem
@@ -146,7 +152,7 @@ void *hd_store_node_blob(hd_node_type_t type, const char *address, const hd_node
                          size_t *len);
 
 typedef struct hd_store_stats {
-  uint64_t commits, ops, syncs, failed_commits, map_size, map_grows;
+  uint64_t commits, ops, syncs, failed_commits, map_size, map_grows, log_batches, checkpoints;
 } hd_store_stats_t;
 void hd_store_get_stats(hd_store_t *s, hd_store_stats_t *out);
 

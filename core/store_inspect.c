@@ -13,12 +13,20 @@
 #include "message.h"
 #include "store.h"
 #include "store_format.h"
+#include "store_log.h"
+#include "store_table.h"
+#include "util.h"
 
 typedef struct ro {
   MDB_env *env;
   MDB_txn *txn;
   MDB_dbi meta, nodes, msgs, qstat, hwm;
   uint64_t format;
+  /* What the store's log holds beyond LMDB (a running broker's latest
+   * commits, or a crashed one's): read, never applied. */
+  hd_table_t log;
+  long log_batches; /* < 0: the log cannot be read */
+  uint64_t log_ops;
 } ro_t;
 
 typedef struct out {
@@ -35,6 +43,46 @@ static void sayf(out_t *o, const char *fmt, ...) {
   vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
   o->say(line, o->arg);
+}
+
+static int log_one(const hd_slog_op_t *op, void *arg) {
+  hd_table_t *t = arg;
+  switch (op->kind) {
+  case HD_SLOG_PUT: {
+    hd_msg_t *m = hd_msg_alloc(op->len);
+    if (!m) return -1;
+    memcpy(m->buf, op->bytes, op->len);
+    hd_table_put(t, op->node, op->seq, op->flags, op->delivery_count, m);
+    hd_msg_unref(m);
+    break;
+  }
+  case HD_SLOG_DEL: hd_table_del(t, op->node, op->seq); break;
+  case HD_SLOG_UPDATE: hd_table_update(t, op->node, op->seq, op->delivery_count); break;
+  case HD_SLOG_HWM: hd_table_hwm(t, op->node, op->seq); break;
+  default: break;
+  }
+  return 0;
+}
+
+static bool in_lmdb(ro_t *r, uint64_t node, uint64_t seq) {
+  uint8_t kb[16];
+  hd_msg_key(kb, node, seq);
+  MDB_val k = {16, kb}, d;
+  return mdb_get(r->txn, r->msgs, &k, &d) == 0;
+}
+
+/* A node's messages as LMDB and the log together say. */
+static void log_adjust(ro_t *r, uint64_t id, uint64_t *count, uint64_t *max_seq, uint64_t *hwm) {
+  hd_table_t *t = &r->log;
+  for (size_t i = 0; i < t->nbuckets; i++)
+    for (hd_pend_t *p = t->buckets[i]; p; p = p->hnext)
+      if (p->node == id) (*count)++;
+  for (size_t i = 0; i < t->dels.n; i++)
+    if (t->dels.v[i].node == id && in_lmdb(r, id, t->dels.v[i].seq) && *count) (*count)--;
+  for (size_t i = 0; i < t->maxseq.n; i++)
+    if (t->maxseq.v[i].node == id && t->maxseq.v[i].seq > *max_seq) *max_seq = t->maxseq.v[i].seq;
+  for (size_t i = 0; i < t->hwms.n; i++)
+    if (t->hwms.v[i].node == id) *hwm = t->hwms.v[i].seq;
 }
 
 static int ro_open(const char *data_dir, ro_t *r, char *err, size_t errlen) {
@@ -72,10 +120,16 @@ static int ro_open(const char *data_dir, ro_t *r, char *err, size_t errlen) {
     return -1;
   }
   r->format = hd_get64(d.mv_data);
+  MDB_val lk = {7, "log-lsn"};
+  if (r->format == 1 || r->format == HD_STORE_FORMAT) { /* format 1: no log-lsn yet, the log starts at 1 */
+    uint64_t lsn = mdb_get(r->txn, r->meta, &lk, &d) == 0 && d.mv_size == 8 ? hd_get64(d.mv_data) : 1, next;
+    r->log_batches = hd_slog_replay(path, lsn, log_one, &r->log, &next, &r->log_ops);
+  }
   return 0;
 }
 
 static void ro_close(ro_t *r) {
+  hd_table_clear(&r->log);
   mdb_txn_abort(r->txn);
   mdb_env_close(r->env);
 }
@@ -114,9 +168,19 @@ int hd_store_info(const char *data_dir, void (*say)(const char *line, void *arg)
   uint64_t used = (uint64_t)(ei.me_last_pgno + 1) * es.ms_psize;
   MDB_stat ms;
   mdb_stat(r.txn, r.msgs, &ms);
-  sayf(&o, "store %s/store: format %" PRIu64 "%s, %" PRIu64 " KiB used of a %" PRIu64 " KiB map, %zu messages",
-       data_dir, r.format, r.format == HD_STORE_FORMAT ? "" : " (not the format this build reads)", used >> 10,
-       (uint64_t)ei.me_mapsize >> 10, ms.ms_entries);
+  uint64_t total = ms.ms_entries + r.log.count;
+  for (size_t i = 0; i < r.log.dels.n; i++)
+    if (in_lmdb(&r, r.log.dels.v[i].node, r.log.dels.v[i].seq) && total) total--;
+  sayf(&o, "store %s/store: format %" PRIu64 "%s, %" PRIu64 " KiB used of a %" PRIu64 " KiB map, %" PRIu64 " messages",
+       data_dir, r.format,
+       r.format == HD_STORE_FORMAT ? ""
+       : r.format == 1             ? " (older: hadrond upgrades it when it starts)"
+                                   : " (not a format this build reads)",
+       used >> 10, (uint64_t)ei.me_mapsize >> 10, total);
+  if (r.log_batches > 0)
+    sayf(&o, "log: %ld commits (%" PRIu64 " operations) not yet in LMDB; counted above", r.log_batches, r.log_ops);
+  else if (r.log_batches < 0)
+    sayf(&o, "log: cannot be read (%s); the counts above are LMDB's alone", hd_strerror((int)r.log_batches));
   MDB_cursor *c;
   mdb_cursor_open(r.txn, r.nodes, &c);
   MDB_val k, d;
@@ -125,6 +189,7 @@ int hd_store_info(const char *data_dir, void (*say)(const char *line, void *arg)
     node_address(&d, addr, sizeof addr);
     uint64_t id = k.mv_size == 8 ? hd_get64(k.mv_data) : 0, count, max_seq, hwm;
     node_stats(&r, id, &count, &max_seq, &hwm);
+    log_adjust(&r, id, &count, &max_seq, &hwm);
     sayf(&o, "queue '%s' (id %" PRIu64 "): %" PRIu64 " messages, highest seq %" PRIu64 ", delivery mark %" PRIu64,
          addr, id, count, max_seq, hwm);
   }
@@ -150,8 +215,12 @@ long hd_store_check(const char *data_dir, void (*say)(const char *line, void *ar
   ro_t r;
   if (ro_open(data_dir, &r, err, errlen)) return -1;
   out_t o = {say, arg, 0};
-  if (r.format != HD_STORE_FORMAT)
-    problem(&o, "format %" PRIu64 ", this build reads format %d", r.format, HD_STORE_FORMAT);
+  if (r.format != HD_STORE_FORMAT && r.format != 1)
+    problem(&o, "format %" PRIu64 ", this build reads formats 1 and %d", r.format, HD_STORE_FORMAT);
+  if (r.log_batches < 0) problem(&o, "its log cannot be read: %s", hd_strerror((int)r.log_batches));
+  if (r.log_batches > 0)
+    sayf(&o, "log: %ld commits (%" PRIu64 " operations) not yet in LMDB; its messages are checked too",
+         r.log_batches, r.log_ops);
 
   /* Nodes, with their counts as the messages say. */
   size_t cap = 16, n = 0;
@@ -201,6 +270,22 @@ long hd_store_check(const char *data_dir, void (*say)(const char *line, void *ar
     hd_msg_unref(m);
   }
   mdb_cursor_close(c);
+  /* The log's messages are checked the same way (its counts are not in
+   * qstat until a checkpoint, so they are compared with nothing). */
+  for (size_t b = 0; b < r.log.nbuckets; b++)
+    for (hd_pend_t *p = r.log.buckets[b]; p; p = p->hnext) {
+      total++;
+      bool known = false;
+      for (size_t i = 0; i < n && !known; i++) known = nodes[i].id == p->node;
+      if (!known) {
+        problem(&o, "logged message %" PRIu64 " belongs to node %" PRIu64 ", which does not exist", p->seq, p->node);
+        continue;
+      }
+      const char *why;
+      if (hd_msg_parse(p->msg, 0, &why) != 0)
+        problem(&o, "logged message %" PRIu64 " of node %" PRIu64 " is not a valid AMQP message: %s", p->seq,
+                p->node, why);
+    }
   for (size_t i = 0; i < n; i++) {
     uint64_t count, max_seq, hwm;
     node_stats(&r, nodes[i].id, &count, &max_seq, &hwm);

@@ -152,9 +152,18 @@ class Drain(MessagingHandler):
 class CrashTest(unittest.TestCase):
     def test_kill_at_random_moments_loses_nothing(self):
         """20 SIGKILLs mid-traffic: no acknowledged message lost, none duplicated."""
+        self.rounds("crash", "max-deliveries = 0\n")
+
+    def test_kill_with_a_tiny_log(self):
+        """The same with a 64 KiB store log: kills land while the log
+        wraps, while it is moved into LMDB (checkpoints every few commits),
+        and while commits too large for it go to LMDB directly."""
+        self.rounds("crash-log", "max-deliveries = 0\nstore-log-size = 64K\n")
+
+    def rounds(self, name, conf):
         seed = int(os.environ.get("HADRON_CRASH_SEED") or random.randrange(1 << 30))
         rng = random.Random(seed)
-        broker = Broker(name="crash", broker="max-deliveries = 0\n")
+        broker = Broker(name=name, broker=conf)
         ledger = Ledger()
         next_id = 1
         for rnd in range(ROUNDS):

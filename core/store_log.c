@@ -1,0 +1,294 @@
+/* The store's log file: batches of operations, checksummed, appended and
+ * flushed by the store writer (store_log.h says why and how). */
+#include "config.h"
+
+#include "store_log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "store_format.h"
+#include "util.h"
+
+#define GROW_CHUNK (1u << 20)
+
+/* ---- crc32c (Castagnoli): the SSE4.2 instruction where there is one ---- */
+
+static uint32_t crc_table[256];
+
+static void crc_table_init(void) {
+  for (uint32_t i = 0; i < 256; i++) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+    crc_table[i] = c;
+  }
+}
+
+static uint32_t crc_sw(uint32_t c, const uint8_t *p, size_t n) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, crc_table_init);
+  while (n--) c = crc_table[(c ^ *p++) & 0xff] ^ (c >> 8);
+  return c;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t c, const uint8_t *p, size_t n) {
+  uint64_t c64 = c;
+  for (; n >= 8; n -= 8, p += 8) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    c64 = __builtin_ia32_crc32di(c64, v);
+  }
+  c = (uint32_t)c64;
+  while (n--) c = __builtin_ia32_crc32qi(c, *p++);
+  return c;
+}
+static bool have_hw(void) {
+  static int have = -1;
+  if (have < 0) have = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+  return have;
+}
+#else
+static uint32_t crc_hw(uint32_t c, const uint8_t *p, size_t n) { return crc_sw(c, p, n); }
+static bool have_hw(void) { return false; }
+#endif
+
+uint32_t hd_crc32c(uint32_t crc, const void *p, size_t n) {
+  crc = ~crc;
+  crc = have_hw() ? crc_hw(crc, p, n) : crc_sw(crc, p, n);
+  return ~crc;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+int hd_slog_open(hd_slog_t *l, const char *dir, uint64_t max_bytes) {
+  memset(l, 0, sizeof *l);
+  char path[4096];
+  snprintf(path, sizeof path, "%s/log", dir);
+  /* Created at the first write, not here: a store refused at start-up is
+   * left exactly as it was. */
+  l->fd = open(path, O_RDWR | O_CLOEXEC);
+  if (l->fd < 0 && errno != ENOENT) return -errno;
+  if (l->fd >= 0) {
+    off_t end = lseek(l->fd, 0, SEEK_END);
+    l->size = end > 0 ? (uint64_t)end : 0;
+  }
+  l->max = max_bytes;
+  l->path = hd_xstrdup(path);
+  l->next_lsn = 1;
+  return 0;
+}
+
+void hd_slog_close(hd_slog_t *l) {
+  if (l->fd >= 0) close(l->fd);
+  l->fd = -1;
+  free(l->path);
+  free(l->buf);
+  l->path = NULL;
+  l->buf = NULL;
+}
+
+void hd_slog_begin(hd_slog_t *l) {
+  l->len = 0;
+  l->nops = 0;
+}
+
+static uint8_t *room(hd_slog_t *l, size_t n) {
+  if (HD_SLOG_HDR + l->len + n > l->cap) {
+    size_t cap = l->cap ? l->cap : 1u << 16;
+    while (cap < HD_SLOG_HDR + l->len + n) cap *= 2;
+    l->buf = hd_xrealloc(l->buf, cap);
+    l->cap = cap;
+  }
+  uint8_t *p = l->buf + HD_SLOG_HDR + l->len;
+  l->len += n;
+  return p;
+}
+
+void hd_slog_add(hd_slog_t *l, const hd_slog_op_t *op) {
+  uint8_t *p;
+  switch (op->kind) {
+  case HD_SLOG_PUT:
+    p = room(l, 36 + op->len);
+    p[0] = HD_SLOG_PUT;
+    p[1] = (uint8_t)op->flags;
+    p[2] = p[3] = 0;
+    hd_put32(p + 4, op->delivery_count);
+    hd_put64(p + 8, op->node);
+    hd_put64(p + 16, op->seq);
+    hd_put64(p + 24, op->expiry_ms);
+    hd_put32(p + 32, (uint32_t)op->len);
+    memcpy(p + 36, op->bytes, op->len);
+    break;
+  case HD_SLOG_UPDATE:
+    p = room(l, 24);
+    memset(p, 0, 4);
+    p[0] = HD_SLOG_UPDATE;
+    hd_put32(p + 4, op->delivery_count);
+    hd_put64(p + 8, op->node);
+    hd_put64(p + 16, op->seq);
+    break;
+  default: /* DEL, HWM */
+    p = room(l, 20);
+    memset(p, 0, 4);
+    p[0] = (uint8_t)op->kind;
+    hd_put64(p + 4, op->node);
+    hd_put64(p + 12, op->seq);
+    break;
+  }
+  l->nops++;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n, uint64_t off) {
+  while (n) {
+    ssize_t w = pwrite(fd, p, n, (off_t)off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return -errno;
+    if (w == 0) return -EIO;
+    p += w;
+    n -= (size_t)w;
+    off += (uint64_t)w;
+  }
+  return 0;
+}
+
+bool hd_slog_fits(hd_slog_t *l, uint64_t spare) {
+  uint64_t need = hd_slog_batch_bytes(l);
+  if (l->off + need <= l->size) return true;
+  if (l->off + need > l->max) return false;
+  if (l->fd < 0 && (l->fd = open(l->path, O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0) return false;
+  uint64_t to = (l->off + need + GROW_CHUNK - 1) / GROW_CHUNK * GROW_CHUNK;
+  if (to > l->max) to = l->max;
+  struct statvfs fs;
+  if (fstatvfs(l->fd, &fs) == 0 && (uint64_t)fs.f_bavail * fs.f_frsize < to - l->size + spare) return false;
+  static const uint8_t zeros[65536];
+  for (uint64_t at = l->size; at < to;) {
+    size_t n = to - at < sizeof zeros ? (size_t)(to - at) : sizeof zeros;
+    if (write_all(l->fd, zeros, n, at) != 0) {
+      /* Give the blocks back; the file stays as long as it was. */
+      if (ftruncate(l->fd, (off_t)l->size) != 0) { /* nothing more to do */
+      }
+      return false;
+    }
+    at += n;
+  }
+  /* The new length must be on disk before batches there are relied on. */
+  if (fdatasync(l->fd) != 0) return false;
+  l->size = to;
+  return true;
+}
+
+int hd_slog_write(hd_slog_t *l, bool nosync) {
+  room(l, 0); /* a buffer even for an empty batch */
+  uint8_t *h = l->buf;
+  hd_put32(h, HD_SLOG_MAGIC);
+  hd_put64(h + 8, l->next_lsn);
+  hd_put32(h + 16, (uint32_t)l->len);
+  hd_put32(h + 20, l->nops);
+  hd_put32(h + 4, hd_crc32c(0, h + 8, HD_SLOG_HDR - 8 + l->len));
+  int rc = write_all(l->fd, h, HD_SLOG_HDR + l->len, l->off);
+  if (!rc && !nosync && fdatasync(l->fd) != 0) rc = -errno;
+  if (rc) return rc;
+  l->off += HD_SLOG_HDR + l->len;
+  l->next_lsn++;
+  return 0;
+}
+
+int hd_slog_sync(hd_slog_t *l) { return fdatasync(l->fd) == 0 ? 0 : -errno; }
+
+void hd_slog_restart(hd_slog_t *l, uint64_t lsn) {
+  l->off = 0;
+  l->next_lsn = lsn;
+}
+
+/* ---- reading back ------------------------------------------------------- */
+
+static int parse_ops(const uint8_t *p, size_t len, uint32_t nops, int (*fn)(const hd_slog_op_t *op, void *arg),
+                     void *arg) {
+  const uint8_t *end = p + len;
+  for (uint32_t i = 0; i < nops; i++) {
+    hd_slog_op_t op = {0};
+    if (end - p < 20) return HD_EPROTO;
+    op.kind = p[0];
+    switch (op.kind) {
+    case HD_SLOG_PUT:
+      if (end - p < 36) return HD_EPROTO;
+      op.flags = p[1];
+      op.delivery_count = hd_get32(p + 4);
+      op.node = hd_get64(p + 8);
+      op.seq = hd_get64(p + 16);
+      op.expiry_ms = hd_get64(p + 24);
+      op.len = hd_get32(p + 32);
+      if ((size_t)(end - p - 36) < op.len) return HD_EPROTO;
+      op.bytes = p + 36;
+      p += 36 + op.len;
+      break;
+    case HD_SLOG_UPDATE:
+      if (end - p < 24) return HD_EPROTO;
+      op.delivery_count = hd_get32(p + 4);
+      op.node = hd_get64(p + 8);
+      op.seq = hd_get64(p + 16);
+      p += 24;
+      break;
+    case HD_SLOG_DEL:
+    case HD_SLOG_HWM:
+      op.node = hd_get64(p + 4);
+      op.seq = hd_get64(p + 12);
+      p += 20;
+      break;
+    default: return HD_EPROTO;
+    }
+    int rc = fn(&op, arg);
+    if (rc) return rc < 0 ? rc : -rc;
+  }
+  return p == end ? 0 : HD_EPROTO;
+}
+
+long hd_slog_replay(const char *dir, uint64_t lsn, int (*fn)(const hd_slog_op_t *op, void *arg), void *arg,
+                   uint64_t *next, uint64_t *ops) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/log", dir);
+  *next = lsn;
+  if (ops) *ops = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? 0 : -errno;
+  off_t end = lseek(fd, 0, SEEK_END);
+  uint64_t size = end > 0 ? (uint64_t)end : 0, off = 0;
+  long batches = 0;
+  uint8_t *buf = NULL;
+  size_t cap = 0;
+  int rc = 0;
+  while (off + HD_SLOG_HDR <= size) {
+    uint8_t h[HD_SLOG_HDR];
+    if (pread(fd, h, HD_SLOG_HDR, (off_t)off) != HD_SLOG_HDR) {
+      rc = -EIO;
+      break;
+    }
+    uint64_t len = hd_get32(h + 16);
+    if (hd_get32(h) != HD_SLOG_MAGIC || hd_get64(h + 8) != *next || len > size - off - HD_SLOG_HDR) break;
+    if (len > cap) {
+      cap = len;
+      buf = hd_xrealloc(buf, cap ? cap : 1);
+    }
+    if (len && pread(fd, buf, len, (off_t)(off + HD_SLOG_HDR)) != (ssize_t)len) {
+      rc = -EIO;
+      break;
+    }
+    uint32_t crc = hd_crc32c(hd_crc32c(0, h + 8, HD_SLOG_HDR - 8), buf, len);
+    if (crc != hd_get32(h + 4)) break; /* torn: never flushed whole, never promised */
+    if ((rc = parse_ops(buf, len, hd_get32(h + 20), fn, arg))) break;
+    if (ops) *ops += hd_get32(h + 20);
+    batches++;
+    (*next)++;
+    off += HD_SLOG_HDR + len;
+  }
+  free(buf);
+  close(fd);
+  return rc ? rc : batches;
+}

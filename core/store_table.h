@@ -1,0 +1,52 @@
+/* What the store's log holds that LMDB does not yet (store_log.h): the net
+ * effect of the operations logged since the last checkpoint, kept by the
+ * writer thread only.  A delete of a message put in the same stretch of log
+ * cancels both, so LMDB never sees either; the rest is written to LMDB at
+ * the next checkpoint.  Relies on a queue never reusing a seq. */
+#ifndef HD_STORE_TABLE_H
+#define HD_STORE_TABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "message.h"
+
+typedef struct hd_pend {
+  struct hd_pend *hnext;
+  uint64_t node, seq;
+  uint32_t flags, delivery_count;
+  hd_msg_t *msg; /* one reference; msg->expiry_ms is the record's expiry */
+} hd_pend_t;
+
+typedef struct hd_keyop {
+  uint64_t node, seq;
+  uint32_t delivery_count;
+} hd_keyop_t;
+
+typedef struct hd_keyops {
+  hd_keyop_t *v;
+  size_t n, cap;
+} hd_keyops_t;
+
+typedef struct hd_table {
+  hd_pend_t **buckets;
+  size_t nbuckets, count;
+  hd_keyops_t dels;    /* of messages already in LMDB */
+  hd_keyops_t updates; /* delivery counts of messages already in LMDB */
+  hd_keyops_t hwms;    /* one per node: the latest mark */
+  hd_keyops_t maxseq;  /* one per node: the highest seq put, even if since deleted */
+} hd_table_t;
+
+void hd_table_put(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t flags, uint32_t delivery_count,
+                  hd_msg_t *msg);
+void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq);
+void hd_table_update(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count);
+void hd_table_hwm(hd_table_t *t, uint64_t node, uint64_t seq);
+/* Nothing to write at a checkpoint. */
+int hd_table_empty(const hd_table_t *t);
+/* The puts still alive, sorted by node and seq (malloc'd; *n of them). */
+hd_pend_t **hd_table_sorted(const hd_table_t *t, size_t *n);
+/* Forget everything (after a checkpoint, or at close). */
+void hd_table_clear(hd_table_t *t);
+
+#endif

@@ -1,0 +1,253 @@
+/* The store's log (core/store_log.c) and its table (core/store_table.c)
+ * without a broker: what is read back after a clean write, a torn write, a
+ * damaged batch and a wrap-around, and how deletes cancel puts. */
+#include "config.h"
+
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "hadron/module.h"
+#include "message.h"
+#include "store_log.h"
+#include "store_table.h"
+
+static char dir[64];
+
+static int setup(void **state) {
+  (void)state;
+  snprintf(dir, sizeof dir, "/tmp/hadron-slog-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  char path[128];
+  snprintf(path, sizeof path, "%s/log", dir);
+  unlink(path);
+  rmdir(dir);
+  return 0;
+}
+
+/* What replay saw: kinds and seqs in order, and the bytes of puts. */
+typedef struct seen {
+  int kinds[256];
+  uint64_t seqs[256];
+  char bytes[256][16];
+  size_t n;
+} seen_t;
+
+static int record(const hd_slog_op_t *op, void *arg) {
+  seen_t *s = arg;
+  assert_true(s->n < 256);
+  s->kinds[s->n] = op->kind;
+  s->seqs[s->n] = op->seq;
+  if (op->kind == HD_SLOG_PUT) {
+    assert_true(op->len < 16);
+    memcpy(s->bytes[s->n], op->bytes, op->len);
+    s->bytes[s->n][op->len] = 0;
+  }
+  s->n++;
+  return 0;
+}
+
+/* One batch per call: a put of "m<seq>" and a delete of seq - 1. */
+static void write_batch(hd_slog_t *l, uint64_t seq) {
+  char body[16];
+  int n = snprintf(body, sizeof body, "m%llu", (unsigned long long)seq);
+  hd_slog_begin(l);
+  hd_slog_op_t put = {.kind = HD_SLOG_PUT, .node = 7, .seq = seq, .bytes = (const uint8_t *)body,
+                      .len = (size_t)n, .expiry_ms = 99, .delivery_count = 2};
+  hd_slog_add(l, &put);
+  hd_slog_op_t del = {.kind = HD_SLOG_DEL, .node = 7, .seq = seq - 1};
+  hd_slog_add(l, &del);
+  assert_true(hd_slog_fits(l, 0));
+  assert_int_equal(hd_slog_write(l, true), 0);
+}
+
+static void t_crc32c(void **state) {
+  (void)state;
+  /* The check value of CRC-32C (Castagnoli). */
+  assert_int_equal(hd_crc32c(0, "123456789", 9), 0xe3069283u);
+  /* Continuing a crc over a second part equals one crc over the whole. */
+  assert_int_equal(hd_crc32c(hd_crc32c(0, "12345", 5), "6789", 4), 0xe3069283u);
+  static uint8_t big[4099];
+  for (size_t i = 0; i < sizeof big; i++) big[i] = (uint8_t)(i * 7);
+  uint32_t whole = hd_crc32c(0, big, sizeof big);
+  assert_int_equal(hd_crc32c(hd_crc32c(0, big, 1000), big + 1000, sizeof big - 1000), whole);
+}
+
+static void t_write_and_replay(void **state) {
+  (void)state;
+  hd_slog_t l;
+  assert_int_equal(hd_slog_open(&l, dir, 1u << 20), 0);
+  hd_slog_restart(&l, 5);
+  for (uint64_t seq = 1; seq <= 3; seq++) write_batch(&l, seq);
+  seen_t s = {0};
+  uint64_t next, ops;
+  assert_int_equal(hd_slog_replay(dir, 5, record, &s, &next, &ops), 3);
+  assert_int_equal(next, 8);
+  assert_int_equal(ops, 6);
+  assert_int_equal(s.n, 6);
+  assert_int_equal(s.kinds[0], HD_SLOG_PUT);
+  assert_string_equal(s.bytes[0], "m1");
+  assert_int_equal(s.kinds[1], HD_SLOG_DEL);
+  assert_int_equal(s.seqs[1], 0);
+  assert_string_equal(s.bytes[4], "m3");
+  /* Another starting LSN: none of these batches belongs to it. */
+  memset(&s, 0, sizeof s);
+  assert_int_equal(hd_slog_replay(dir, 6, record, &s, &next, &ops), 0);
+  assert_int_equal(s.n, 0);
+  hd_slog_close(&l);
+}
+
+static void damage(uint64_t off, uint8_t xor) {
+  char path[128];
+  snprintf(path, sizeof path, "%s/log", dir);
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  uint8_t b;
+  assert_int_equal(pread(fd, &b, 1, (off_t)off), 1);
+  b ^= xor;
+  assert_int_equal(pwrite(fd, &b, 1, (off_t)off), 1);
+  close(fd);
+}
+
+static void t_torn_and_damaged(void **state) {
+  (void)state;
+  hd_slog_t l;
+  assert_int_equal(hd_slog_open(&l, dir, 1u << 20), 0);
+  hd_slog_restart(&l, 1);
+  uint64_t ends[4];
+  for (uint64_t seq = 1; seq <= 4; seq++) {
+    write_batch(&l, seq);
+    ends[seq - 1] = l.off;
+  }
+  hd_slog_close(&l);
+  /* One bit of the third batch's payload: reading stops before it. */
+  damage(ends[1] + HD_SLOG_HDR + 10, 0x04);
+  seen_t s = {0};
+  uint64_t next, ops;
+  assert_int_equal(hd_slog_replay(dir, 1, record, &s, &next, &ops), 2);
+  assert_int_equal(next, 3);
+  assert_int_equal(s.n, 4);
+  damage(ends[1] + HD_SLOG_HDR + 10, 0x04); /* mended */
+  /* A torn last batch: its header made it, part of its payload did not. */
+  char path[128];
+  snprintf(path, sizeof path, "%s/log", dir);
+  assert_int_equal(truncate(path, (off_t)(ends[3] - 5)), 0);
+  memset(&s, 0, sizeof s);
+  assert_int_equal(hd_slog_replay(dir, 1, record, &s, &next, &ops), 3);
+  assert_int_equal(next, 4);
+  /* No log at all: nothing to replay, not an error. */
+  assert_int_equal(unlink(path), 0);
+  assert_int_equal(hd_slog_replay(dir, 1, record, &s, &next, &ops), 0);
+}
+
+static void t_wrap_leaves_old_batches_unread(void **state) {
+  (void)state;
+  hd_slog_t l;
+  assert_int_equal(hd_slog_open(&l, dir, 1u << 20), 0);
+  hd_slog_restart(&l, 1);
+  for (uint64_t seq = 1; seq <= 6; seq++) write_batch(&l, seq);
+  /* A checkpoint took LSNs 1-6 into LMDB; the log starts again at 7 and
+   * its first batch overwrites the first old one only. */
+  hd_slog_restart(&l, 7);
+  write_batch(&l, 100);
+  seen_t s = {0};
+  uint64_t next, ops;
+  assert_int_equal(hd_slog_replay(dir, 7, record, &s, &next, &ops), 1);
+  assert_int_equal(next, 8);
+  assert_string_equal(s.bytes[0], "m100");
+  hd_slog_close(&l);
+}
+
+static void t_full_log_does_not_fit(void **state) {
+  (void)state;
+  hd_slog_t l;
+  assert_int_equal(hd_slog_open(&l, dir, 4096), 0);
+  hd_slog_restart(&l, 1);
+  uint8_t body[3000] = {0};
+  hd_slog_begin(&l);
+  hd_slog_op_t put = {.kind = HD_SLOG_PUT, .node = 1, .seq = 1, .bytes = body, .len = sizeof body};
+  hd_slog_add(&l, &put);
+  assert_true(hd_slog_fits(&l, 0));
+  assert_int_equal(hd_slog_write(&l, true), 0);
+  hd_slog_begin(&l);
+  hd_slog_add(&l, &put);
+  assert_false(hd_slog_fits(&l, 0)); /* the writer checkpoints and starts again */
+  hd_slog_restart(&l, 2);
+  assert_true(hd_slog_fits(&l, 0));
+  hd_slog_close(&l);
+}
+
+static hd_msg_t *msg(const char *text) {
+  hd_msg_t *m = hd_msg_alloc(strlen(text));
+  memcpy(m->buf, text, strlen(text));
+  return m;
+}
+
+static void t_table(void **state) {
+  (void)state;
+  hd_table_t t = {0};
+  int64_t base = hd_msg_mem_used();
+  for (uint64_t seq = 1; seq <= 3000; seq++) {
+    hd_msg_t *m = msg("x");
+    hd_table_put(&t, seq % 3, seq, 0, 0, m);
+    hd_msg_unref(m);
+  }
+  assert_int_equal(t.count, 3000);
+  /* Deleting what was put cancels both; deleting what was not goes to
+   * LMDB later. */
+  for (uint64_t seq = 1; seq <= 3000; seq += 2) hd_table_del(&t, seq % 3, seq);
+  hd_table_del(&t, 1, 5001);
+  assert_int_equal(t.count, 1500);
+  assert_int_equal(t.dels.n, 1);
+  assert_int_equal(t.dels.v[0].seq, 5001);
+  hd_table_update(&t, 2, 2, 7);    /* in the table: changed there */
+  hd_table_update(&t, 2, 9002, 3); /* not: for LMDB */
+  assert_int_equal(t.updates.n, 1);
+  hd_table_hwm(&t, 1, 10);
+  hd_table_hwm(&t, 1, 20);
+  assert_int_equal(t.hwms.n, 1);
+  assert_int_equal(t.hwms.v[0].seq, 20);
+  /* Highest seq per node, even of deleted puts. */
+  assert_int_equal(t.maxseq.n, 3);
+  size_t n;
+  hd_pend_t **v = hd_table_sorted(&t, &n);
+  assert_int_equal(n, 1500);
+  for (size_t i = 1; i < n; i++)
+    assert_true(v[i - 1]->node < v[i]->node || (v[i - 1]->node == v[i]->node && v[i - 1]->seq < v[i]->seq));
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(v[i]->seq % 2, 0);
+    if (v[i]->seq == 2) assert_int_equal(v[i]->delivery_count, 7);
+  }
+  free(v);
+  assert_false(hd_table_empty(&t));
+  hd_table_clear(&t);
+  assert_true(hd_table_empty(&t));
+  assert_int_equal(hd_msg_mem_used(), base); /* every message reference went back */
+  hd_msg_thread_done();
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(t_crc32c),
+      cmocka_unit_test_setup_teardown(t_write_and_replay, setup, teardown),
+      cmocka_unit_test_setup_teardown(t_torn_and_damaged, setup, teardown),
+      cmocka_unit_test_setup_teardown(t_wrap_leaves_old_batches_unread, setup, teardown),
+      cmocka_unit_test_setup_teardown(t_full_log_does_not_fit, setup, teardown),
+      cmocka_unit_test(t_table),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
