@@ -776,56 +776,78 @@ static void grow_map(hd_store_t *s) {
 
 /* ---- the log (store_log.h) ------------------------------------------------------ */
 
-/* Write what the table holds to LMDB in one transaction, which also moves
- * "log-lsn" past the log's last batch so that the log can start again. */
-static int apply_table(hd_store_t *s, hd_pend_t **v, size_t n) {
+/* A checkpoint writes what the table holds to LMDB in transactions of at
+ * most CHECKPOINT_BYTES of records: LMDB keeps a transaction's dirty pages
+ * in heap memory until it commits, and a log's worth at once would double
+ * the broker's memory.  Only the last transaction moves "log-lsn" past the
+ * log.  A crash in between is harmless: the next start replays the same log
+ * and writes the same records again (a put over an existing record is an
+ * overwrite and counted once; a delete of a missing one does nothing). */
+#define CHECKPOINT_BYTES (8u << 20)
+
+typedef struct ckpt_pos {
+  size_t put, upd, del;
+} ckpt_pos_t;
+
+static int checkpoint_step(hd_store_t *s, hd_pend_t **v, size_t n, ckpt_pos_t *pos, bool *finished) {
   batch_t b = {0};
   hd_table_t *tb = &s->table;
+  ckpt_pos_t p = *pos;
+  size_t used = 0;
   wtxn_t t = {NULL, mdb_txn_begin(s->env, NULL, 0, &t.txn), NULL};
   if (t.rc) return t.rc;
-  for (size_t i = 0; i < n && !t.rc; i++) {
-    hd_store_op_t op = {.kind = HD_OP_PUT, .flags = v[i]->flags, .delivery_count = v[i]->delivery_count,
-                        .node = v[i]->node, .seq = v[i]->seq, .msg = v[i]->msg};
+  for (; p.put < n && used < CHECKPOINT_BYTES && !t.rc; p.put++) {
+    hd_store_op_t op = {.kind = HD_OP_PUT, .flags = v[p.put]->flags, .delivery_count = v[p.put]->delivery_count,
+                        .node = v[p.put]->node, .seq = v[p.put]->seq, .msg = v[p.put]->msg};
     apply_put(s, &t, &b, &op);
+    used += HD_REC_HDR + 16 + op.msg->len;
   }
-  for (size_t i = 0; i < tb->updates.n && !t.rc; i++) {
-    hd_store_op_t op = {.kind = HD_OP_UPDATE, .node = tb->updates.v[i].node, .seq = tb->updates.v[i].seq,
-                        .delivery_count = tb->updates.v[i].delivery_count};
+  for (; p.upd < tb->updates.n && used < CHECKPOINT_BYTES && !t.rc; p.upd++) {
+    hd_store_op_t op = {.kind = HD_OP_UPDATE, .node = tb->updates.v[p.upd].node, .seq = tb->updates.v[p.upd].seq,
+                        .delivery_count = tb->updates.v[p.upd].delivery_count};
     apply_update(s, &t, &op);
+    used += 512; /* a page or so rewritten */
   }
-  for (size_t i = 0; i < tb->dels.n && !t.rc; i++) {
-    hd_store_op_t op = {.kind = HD_OP_DEL, .node = tb->dels.v[i].node, .seq = tb->dels.v[i].seq};
+  for (; p.del < tb->dels.n && used < CHECKPOINT_BYTES && !t.rc; p.del++) {
+    hd_store_op_t op = {.kind = HD_OP_DEL, .node = tb->dels.v[p.del].node, .seq = tb->dels.v[p.del].seq};
     apply_del(s, &t, &b, &op);
+    used += 512;
   }
-  for (size_t i = 0; i < tb->hwms.n && !t.rc; i++) {
-    uint8_t kb[8], vb[8];
-    hd_put64(kb, tb->hwms.v[i].node);
-    hd_put64(vb, tb->hwms.v[i].seq);
-    MDB_val k = {8, kb}, d = {8, vb};
-    w_put(&t, s->hwm, &k, &d, 0);
-  }
-  /* The highest seq of every node that had puts, even ones deleted since:
-   * a restart must not hand out their seqs again. */
-  for (size_t i = 0; i < tb->maxseq.n; i++) {
-    stat_delta_t *sd = delta(&b, tb->maxseq.v[i].node);
-    if (!sd)
-      b.overflow = true;
-    else if (tb->maxseq.v[i].seq > sd->max_seq)
-      sd->max_seq = tb->maxseq.v[i].seq;
+  bool last = p.put == n && p.upd == tb->updates.n && p.del == tb->dels.n;
+  if (last) {
+    for (size_t i = 0; i < tb->hwms.n && !t.rc; i++) {
+      uint8_t kb[8], vb[8];
+      hd_put64(kb, tb->hwms.v[i].node);
+      hd_put64(vb, tb->hwms.v[i].seq);
+      MDB_val k = {8, kb}, d = {8, vb};
+      w_put(&t, s->hwm, &k, &d, 0);
+    }
+    /* The highest seq of every node that had puts, even ones deleted
+     * since: a restart must not hand out their seqs again. */
+    for (size_t i = 0; i < tb->maxseq.n; i++) {
+      stat_delta_t *sd = delta(&b, tb->maxseq.v[i].node);
+      if (!sd)
+        b.overflow = true;
+      else if (tb->maxseq.v[i].seq > sd->max_seq)
+        sd->max_seq = tb->maxseq.v[i].seq;
+    }
   }
   if (t.del) mdb_cursor_close(t.del);
   apply_stats(s, &t, &b);
-  if (!t.rc) t.rc = meta_put64(t.txn, s->meta, "log-lsn", s->log.next_lsn);
-  if (!t.rc && s->format != HD_STORE_FORMAT) t.rc = meta_put64(t.txn, s->meta, "format", HD_STORE_FORMAT);
+  if (last && !t.rc) t.rc = meta_put64(t.txn, s->meta, "log-lsn", s->log.next_lsn);
+  if (last && !t.rc && s->format != HD_STORE_FORMAT) t.rc = meta_put64(t.txn, s->meta, "format", HD_STORE_FORMAT);
   if (t.rc) {
     mdb_txn_abort(t.txn);
     return t.rc;
   }
   if ((t.rc = mdb_txn_commit(t.txn))) return t.rc;
-  if (s->format != HD_STORE_FORMAT)
+  *pos = p;
+  *finished = last;
+  if (last && s->format != HD_STORE_FORMAT) {
     HD_LOG(HD_LOG_NOTICE, "core", "store '%s', upgraded from format %" PRIu64 " to %d (adds the store log)",
            s->dir, s->format, HD_STORE_FORMAT);
-  s->format = HD_STORE_FORMAT;
+    s->format = HD_STORE_FORMAT;
+  }
   return 0;
 }
 
@@ -844,8 +866,13 @@ static int checkpoint(hd_store_t *s, bool force) {
   if (!s->log_open || (!force && s->log.off == 0 && hd_table_empty(&s->table))) return 0;
   size_t n;
   hd_pend_t **v = hd_table_sorted(&s->table, &n);
-  int rc;
-  while ((rc = apply_table(s, v, n)) == MDB_MAP_FULL) grow_map(s);
+  ckpt_pos_t pos = {0, 0, 0};
+  bool finished = false;
+  int rc = 0;
+  while (!finished && (!rc || rc == MDB_MAP_FULL)) {
+    if (rc == MDB_MAP_FULL) grow_map(s);
+    rc = checkpoint_step(s, v, n, &pos, &finished);
+  }
   free(v);
   if (rc) return rc;
   /* With store-flush = interval that commit was not flushed, and the log
