@@ -61,6 +61,7 @@ struct hd_store {
   hd_slog_t log;
   bool log_open;
   bool log_usable; /* the disk has room for it (log_room) */
+  uint32_t room_looks;
   hd_table_t table;
   uint64_t log_lsn; /* LMDB's "log-lsn": where the log starts since the last checkpoint */
   uint64_t format;  /* on disk; a checkpoint raises 1 to HD_STORE_FORMAT */
@@ -949,6 +950,8 @@ static int commit_batch(hd_store_t *s, batch_t *b) {
     if ((rc = log_batch(s, b, &done)) || done) return rc;
   } else if ((rc = checkpoint(s, false))) {
     return rc;
+  } else if (!s->log_usable && s->log_open && s->opts.log_size && ++s->room_looks % 256 == 0) {
+    s->log_usable = log_room(s); /* space may have come back */
   }
   while ((rc = apply_batch(s, b)) == MDB_MAP_FULL) grow_map(s);
   return rc;
@@ -1001,7 +1004,7 @@ static int open_log(hd_store_t *s, char *err, size_t errlen) {
   s->log_usable = log_room(s);
   if (s->opts.log_size && !s->log_usable)
     HD_LOG(HD_LOG_NOTICE, "core", "store '%s', less than 4 x store-log-size free above store-reserve: "
-           "commits go to LMDB directly until a checkpoint finds more room", s->dir);
+           "commits go to LMDB directly until there is", s->dir);
   return 0;
 }
 
