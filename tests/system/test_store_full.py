@@ -1,7 +1,8 @@
 """Disk full: a broker whose data-dir is on a small filesystem.
 
 The test mounts a 12 MiB tmpfs (root only; skipped otherwise) and runs a
-broker on it with a 1 MiB initial map and a 2 MiB reserve.  Producers fill
+broker on it with a 1 MiB initial map and a 2 MiB reserve (or none), with
+the store's log off (the disk is too small for the default one) or 1 MiB.  Producers fill
 it with 64 KiB durable messages until the broker refuses them
 (amqp:resource-limit-exceeded) or stops giving credit; nothing it accepted
 may be lost, consumers can still drain, and once they have, producers are
@@ -161,10 +162,20 @@ class DiskFullTest(unittest.TestCase):
         """Below the reserve, new durable messages are refused (or producers
         get no credit) and the log says so; nothing accepted is lost; after
         a consumer drains, space is back and sends are accepted again; the
-        broker exits 0 and the store checks clean."""
+        broker exits 0 and the store checks clean.  (The store's log stays
+        off here: the disk has less than four logs' worth of room.)"""
+        self.fill_and_recover("store-map-size = 1M\nstore-reserve = 2M\n")
+
+    def test_disk_full_with_the_store_log(self):
+        """The same with a 1 MiB store log, which this disk has room for at
+        first: commits go to the log and are checkpointed into LMDB every
+        few messages, until the disk runs short and commits go to LMDB."""
+        self.fill_and_recover("store-map-size = 1M\nstore-reserve = 2M\nstore-log-size = 1M\n",
+                              log=True)
+
+    def fill_and_recover(self, conf, log=False):
         data = os.path.join(self.mnt, "data")
-        b = Broker(name="store-full", data_dir=data,
-                   broker="store-map-size = 1M\nstore-reserve = 2M\n")
+        b = Broker(name="store-full", data_dir=data, broker=conf)
         with b:
             fill = Filler(b.url(), "full.q")
             Container(fill).run()
@@ -197,6 +208,8 @@ class DiskFullTest(unittest.TestCase):
             self.assertEqual("after", m.id)
             r.close()
             b.stop()  # exit 0 checked here
+            if log:  # the log was used: commits to it, and checkpoints
+                self.assertRegex(b.log(), r"closed: .* [1-9]\d* commits to the log, [1-9]\d* checkpoints")
         p = subprocess.run([STORE_TOOL, "-d", data, "check"], capture_output=True, text=True, timeout=30 * SLOW)
         self.assertEqual(0, p.returncode, p.stdout + p.stderr)
         self.assertRegex(p.stdout, r"checked \d+ queues and \d+ messages: 0 problems")
@@ -207,8 +220,17 @@ class DiskFullTest(unittest.TestCase):
         """store-reserve = 0: the filesystem itself runs out (ENOSPC on the
         commit).  The messages of the failed commit are refused, nothing
         accepted is lost, consumers drain, and the store checks clean."""
+        self.enospc("store-map-size = 1M\nstore-reserve = 0\n")
+
+    def test_enospc_with_the_store_log(self):
+        """The same with a 1 MiB store log: the disk runs out while the log
+        is moved into LMDB (a checkpoint fails) or while LMDB takes commits
+        directly; nothing accepted is lost either way."""
+        self.enospc("store-map-size = 1M\nstore-reserve = 0\nstore-log-size = 1M\n", log=True)
+
+    def enospc(self, conf, log=False):
         data = os.path.join(self.mnt, "data")
-        b = Broker(name="store-enospc", data_dir=data, broker="store-map-size = 1M\nstore-reserve = 0\n")
+        b = Broker(name="store-enospc", data_dir=data, broker=conf)
         with b:
             fill = Filler(b.url(), "nospc.q")
             Container(fill).run()
@@ -222,6 +244,8 @@ class DiskFullTest(unittest.TestCase):
             self.assertEqual(sorted(fill.accepted), drain.got, "consumer did not get exactly what was accepted")
             self.assertEqual([], drain.bad, "bodies damaged")
             b.stop()
+            if log:
+                self.assertRegex(b.log(), r"closed: .* [1-9]\d* commits to the log, [1-9]\d* checkpoints")
         p = subprocess.run([STORE_TOOL, "-d", data, "check"], capture_output=True, text=True, timeout=30 * SLOW)
         self.assertEqual(0, p.returncode, p.stdout + p.stderr)
         self.assertIn("0 problems", p.stdout)
