@@ -887,28 +887,33 @@ static int checkpoint(hd_store_t *s, bool force) {
   return 0;
 }
 
+/* The log's record of an operation; false: nothing to log (no-ops,
+ * barriers; node records never come here). */
+static bool to_log_op(const hd_store_op_t *op, hd_slog_op_t *lo) {
+  *lo = (hd_slog_op_t){.node = op->node, .seq = op->seq, .delivery_count = op->delivery_count};
+  switch (op->kind) {
+  case HD_OP_PUT:
+    lo->kind = HD_SLOG_PUT;
+    lo->flags = op->flags;
+    lo->expiry_ms = op->msg->expiry_ms;
+    lo->bytes = op->msg->buf;
+    lo->len = op->msg->len;
+    return true;
+  case HD_OP_DEL: lo->kind = HD_SLOG_DEL; return true;
+  case HD_OP_UPDATE: lo->kind = HD_SLOG_UPDATE; return true;
+  case HD_OP_HWM: lo->kind = HD_SLOG_HWM; return true;
+  default: return false;
+  }
+}
+
 /* Append the batch to the log and record it in the table.  *done false:
  * it did not fit even in an empty log; it must go to LMDB. */
 static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
   *done = false;
   hd_slog_begin(&s->log);
-  for (hd_store_op_t *op = b->head; op; op = op->next) {
-    hd_slog_op_t lo = {.kind = 0, .node = op->node, .seq = op->seq, .delivery_count = op->delivery_count};
-    switch (op->kind) {
-    case HD_OP_PUT:
-      lo.kind = HD_SLOG_PUT;
-      lo.flags = op->flags;
-      lo.expiry_ms = op->msg->expiry_ms;
-      lo.bytes = op->msg->buf;
-      lo.len = op->msg->len;
-      break;
-    case HD_OP_DEL: lo.kind = HD_SLOG_DEL; break;
-    case HD_OP_UPDATE: lo.kind = HD_SLOG_UPDATE; break;
-    case HD_OP_HWM: lo.kind = HD_SLOG_HWM; break;
-    default: continue; /* no-ops, barriers (node records never come here) */
-    }
-    hd_slog_add(&s->log, &lo);
-  }
+  hd_slog_op_t lo;
+  for (hd_store_op_t *op = b->head; op; op = op->next)
+    if (to_log_op(op, &lo)) hd_slog_add(&s->log, &lo);
   if (!s->log.nops) { /* barriers and no-ops only: what came before is already flushed */
     for (hd_store_op_t *op = b->head; op; op = op->next) op->rc = 0;
     *done = true;
@@ -925,16 +930,8 @@ static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
   atomic_fetch_add(&s->log_batches, 1);
   for (hd_store_op_t *op = b->head; op; op = op->next) {
     op->rc = 0;
-    switch (op->kind) {
-    case HD_OP_PUT:
-      op->in_tree = false;
-      hd_table_put(&s->table, op->node, op->seq, op->flags, op->delivery_count, op->msg);
-      break;
-    case HD_OP_DEL: hd_table_del(&s->table, op->node, op->seq); break;
-    case HD_OP_UPDATE: hd_table_update(&s->table, op->node, op->seq, op->delivery_count); break;
-    case HD_OP_HWM: hd_table_hwm(&s->table, op->node, op->seq); break;
-    default: break;
-    }
+    op->in_tree = false;
+    if (to_log_op(op, &lo)) hd_table_apply(&s->table, &lo, op->msg); /* a reference, not a copy */
   }
   *done = true;
   return 0;
@@ -960,23 +957,7 @@ static int commit_batch(hd_store_t *s, batch_t *b) {
 /* ---- start-up: what the log holds goes to LMDB -------------------------------- */
 
 static int replay_one(const hd_slog_op_t *op, void *arg) {
-  hd_store_t *s = arg;
-  switch (op->kind) {
-  case HD_SLOG_PUT: {
-    hd_msg_t *m = hd_msg_alloc(op->len);
-    if (!m) return -ENOMEM;
-    memcpy(m->buf, op->bytes, op->len);
-    m->expiry_ms = op->expiry_ms;
-    hd_table_put(&s->table, op->node, op->seq, op->flags, op->delivery_count, m);
-    hd_msg_unref(m);
-    break;
-  }
-  case HD_SLOG_DEL: hd_table_del(&s->table, op->node, op->seq); break;
-  case HD_SLOG_UPDATE: hd_table_update(&s->table, op->node, op->seq, op->delivery_count); break;
-  case HD_SLOG_HWM: hd_table_hwm(&s->table, op->node, op->seq); break;
-  default: break;
-  }
-  return 0;
+  return hd_table_apply(&((hd_store_t *)arg)->table, op, NULL);
 }
 
 static int open_log(hd_store_t *s, char *err, size_t errlen) {

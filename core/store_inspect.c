@@ -45,24 +45,7 @@ static void sayf(out_t *o, const char *fmt, ...) {
   o->say(line, o->arg);
 }
 
-static int log_one(const hd_slog_op_t *op, void *arg) {
-  hd_table_t *t = arg;
-  switch (op->kind) {
-  case HD_SLOG_PUT: {
-    hd_msg_t *m = hd_msg_alloc(op->len);
-    if (!m) return -1;
-    memcpy(m->buf, op->bytes, op->len);
-    hd_table_put(t, op->node, op->seq, op->flags, op->delivery_count, m);
-    hd_msg_unref(m);
-    break;
-  }
-  case HD_SLOG_DEL: hd_table_del(t, op->node, op->seq); break;
-  case HD_SLOG_UPDATE: hd_table_update(t, op->node, op->seq, op->delivery_count); break;
-  case HD_SLOG_HWM: hd_table_hwm(t, op->node, op->seq); break;
-  default: break;
-  }
-  return 0;
-}
+static int log_one(const hd_slog_op_t *op, void *arg) { return hd_table_apply(arg, op, NULL); }
 
 static bool in_lmdb(ro_t *r, uint64_t node, uint64_t seq) {
   uint8_t kb[16];

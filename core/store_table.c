@@ -4,6 +4,7 @@
 
 #include "store_table.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -102,6 +103,27 @@ void hd_table_hwm(hd_table_t *t, uint64_t node, uint64_t seq) {
   hd_keyop_t *k = per_node(&t->hwms, node);
   k->seq = seq;
   k->delivery_count = 1; /* set: a mark of 0 is a real value */
+}
+
+int hd_table_apply(hd_table_t *t, const hd_slog_op_t *op, hd_msg_t *msg) {
+  switch (op->kind) {
+  case HD_SLOG_PUT: {
+    hd_msg_t *m = msg;
+    if (!m) {
+      if (!(m = hd_msg_alloc(op->len))) return -ENOMEM;
+      memcpy(m->buf, op->bytes, op->len);
+      m->expiry_ms = op->expiry_ms;
+    }
+    hd_table_put(t, op->node, op->seq, op->flags, op->delivery_count, m);
+    if (!msg) hd_msg_unref(m);
+    break;
+  }
+  case HD_SLOG_DEL: hd_table_del(t, op->node, op->seq); break;
+  case HD_SLOG_UPDATE: hd_table_update(t, op->node, op->seq, op->delivery_count); break;
+  case HD_SLOG_HWM: hd_table_hwm(t, op->node, op->seq); break;
+  default: break;
+  }
+  return 0;
 }
 
 int hd_table_empty(const hd_table_t *t) {

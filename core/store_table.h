@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "message.h"
+#include "store_log.h"
 
 typedef struct hd_pend {
   struct hd_pend *hnext;
@@ -42,6 +43,9 @@ void hd_table_put(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t flags, ui
 void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq);
 void hd_table_update(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count);
 void hd_table_hwm(hd_table_t *t, uint64_t node, uint64_t seq);
+/* One logged operation.  A put takes a reference to msg, or (msg NULL, as
+ * when reading a log back) a copy of op->bytes.  0, or -ENOMEM. */
+int hd_table_apply(hd_table_t *t, const hd_slog_op_t *op, hd_msg_t *msg);
 /* Nothing to write at a checkpoint. */
 int hd_table_empty(const hd_table_t *t);
 /* The puts still alive, sorted by node and seq (malloc'd; *n of them). */

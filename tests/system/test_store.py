@@ -236,6 +236,12 @@ def numbered(n, size=64, durable=True, start=0):
     return [Message(id=i, durable=durable, body=(b"%08d" % i) * (size // 8)) for i in range(start, start + n)]
 
 
+def check_bodies_4k(test, got):
+    """Each of `got` has the 4 KiB body numbered() gave it."""
+    for m in got:
+        test.assertEqual((b"%08d" % m.id) * (KIB4 // 8), m.body, "message %s: body" % m.id)
+
+
 def run(handler):
     Container(handler).run()
     return handler
@@ -527,9 +533,7 @@ class StopAndFlushTest(unittest.TestCase):
 
 
 class SpaceTest(unittest.TestCase):
-    def check_bodies(self, got):
-        for m in got:
-            self.assertEqual((b"%08d" % m.id) * (KIB4 // 8), m.body, "message %s: body" % m.id)
+    check_bodies = check_bodies_4k
 
     def test_paging_keeps_order(self):
         """queue-memory = 1M with 6 MiB of durable messages: a consumer gets
@@ -695,9 +699,7 @@ class LogTest(unittest.TestCase):
             self.assertEqual(0, code, out + err)
             self.assertEqual(0, stored_count(b.data_dir, "log.q"))
 
-    def check_bodies(self, got):
-        for m in got:
-            self.assertEqual((b"%08d" % m.id) * (KIB4 // 8), m.body, "message %s: body" % m.id)
+    check_bodies = check_bodies_4k
 
     @staticmethod
     def meta(mdb_dump, store, key):

@@ -871,6 +871,17 @@ static int ptr_cmp(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* Of `later` (n pointers, sorted here), how many are also in `first`; each
+ * pointer handed out once: no duplicates in `later`. */
+static int reused_of(void **later, void **first, int n) {
+  qsort(later, (size_t)n, sizeof later[0], ptr_cmp);
+  for (int i = 1; i < n; i++) assert_true(later[i - 1] != later[i]);
+  qsort(first, (size_t)n, sizeof first[0], ptr_cmp);
+  int reused = 0;
+  for (int i = 0; i < n; i++) reused += bsearch(&later[i], first, (size_t)n, sizeof first[0], ptr_cmp) != NULL;
+  return reused;
+}
+
 static void t_buffers_cross_threads(void **state) {
   (void)state;
   int64_t base = hd_msg_mem_used();
@@ -894,14 +905,8 @@ static void t_buffers_cross_threads(void **state) {
   pthread_join(b, NULL);
   pthread_barrier_destroy(&xbar);
   assert_int_equal(hd_msg_mem_used(), base);
-  /* Handed out once each: no duplicates in the second round. */
-  qsort(second, XN, sizeof second[0], ptr_cmp);
-  for (int i = 1; i < XN; i++) assert_true(second[i - 1] != second[i]);
-  /* The same buffers, not new ones. */
-  qsort(first, XN, sizeof first[0], ptr_cmp);
-  int reused = 0;
-  for (int i = 0; i < XN; i++) reused += bsearch(&second[i], first, XN, sizeof first[0], ptr_cmp) != NULL;
-  assert_true(reused > XN / 2);
+  /* Handed out once each, and the same buffers, not new ones. */
+  assert_true(reused_of((void **)second, (void **)first, XN) > XN / 2);
   hd_msg_thread_done();
 }
 
@@ -939,12 +944,7 @@ static void t_objects_cross_threads(void **state) {
   pthread_barrier_wait(&xbar);
   pthread_join(t, NULL);
   pthread_barrier_destroy(&xbar);
-  qsort(objs, ON, sizeof objs[0], ptr_cmp);
-  for (int i = 1; i < ON; i++) assert_true(objs[i - 1] != objs[i]);
-  qsort(first, ON, sizeof first[0], ptr_cmp);
-  int reused = 0;
-  for (int i = 0; i < ON; i++) reused += bsearch(&objs[i], first, ON, sizeof first[0], ptr_cmp) != NULL;
-  assert_true(reused > ON / 2);
+  assert_true(reused_of(objs, first, ON) > ON / 2);
   /* A message buffer never comes out of an object's class, and sizes
    * beyond the object classes still work. */
   hd_msg_t *m = hd_msg_alloc(8);
