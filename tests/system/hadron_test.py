@@ -56,6 +56,12 @@ class BrokerError(Exception):
     pass
 
 
+# Every Broker made in this process: main() removes their directories when
+# the whole file passed (tests that stop brokers without cleanup() would
+# otherwise leave them in /tmp run after run).
+_BROKERS = []
+
+
 class Broker:
     """One hadrond process.
 
@@ -69,6 +75,7 @@ class Broker:
                  args=(), env=None, wrapper=None, log_level="info", data_dir=None,
                  module_dir=None):
         self.dir = tempfile.mkdtemp(prefix="hadron-%s-" % name)
+        _BROKERS.append(self)
         self.data_dir = data_dir or os.path.join(self.dir, "data")
         self.conf = os.path.join(self.dir, "hadron.conf")
         self.log_path = os.path.join(self.dir, "hadrond.log")
@@ -251,7 +258,12 @@ def raw_socket(port, timeout=5):
 def main():
     """unittest entry point with automake-friendly exit codes."""
     prog = unittest.main(exit=False, verbosity=2)
-    sys.exit(0 if prog.result.wasSuccessful() else 1)
+    ok = prog.result.wasSuccessful()
+    if ok:  # a failure keeps every directory, to look at
+        for b in _BROKERS:
+            b.kill()
+            shutil.rmtree(b.dir, ignore_errors=True)
+    sys.exit(0 if ok else 1)
 
 
 # ---- client helpers shared by the messaging tests ---------------------------
