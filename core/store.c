@@ -59,7 +59,7 @@ struct hd_store {
   /* The log in front of LMDB (store_log.h) and what it holds that LMDB
    * does not yet (store_table.h); the writer's, after start-up. */
   hd_slog_t log;
-  bool log_open;
+  bool log_open; /* for a failed open's clean-up: a store that opened has its log */
   bool log_usable; /* the disk has room for it (log_room) */
   uint32_t room_looks;
   hd_table_t table;
@@ -546,6 +546,14 @@ static void w_put(wtxn_t *t, MDB_dbi dbi, MDB_val *k, MDB_val *d, unsigned flags
   if (!t->rc) t->rc = mdb_put(t->txn, dbi, k, d, flags);
 }
 
+static void put_hwm(hd_store_t *s, wtxn_t *t, uint64_t node, uint64_t seq) {
+  uint8_t kb[8], vb[8];
+  hd_put64(kb, node);
+  hd_put64(vb, seq);
+  MDB_val k = {8, kb}, d = {8, vb};
+  w_put(t, s->hwm, &k, &d, 0);
+}
+
 static void apply_put(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
   uint8_t kb[16];
   hd_msg_key(kb, op->node, op->seq);
@@ -731,14 +739,7 @@ static int apply_batch(hd_store_t *s, batch_t *b) {
       break;
     }
     case HD_OP_NODE_DEL: apply_node_del(s, &t, op); break;
-    case HD_OP_HWM: {
-      uint8_t kb[8], vb[8];
-      hd_put64(kb, op->node);
-      hd_put64(vb, op->seq);
-      MDB_val k = {8, kb}, d = {8, vb};
-      w_put(&t, s->hwm, &k, &d, 0);
-      break;
-    }
+    case HD_OP_HWM: put_hwm(s, &t, op->node, op->seq); break;
     case HD_OP_NOP:
     case HD_OP_BARRIER: break;
     }
@@ -816,13 +817,7 @@ static int checkpoint_step(hd_store_t *s, hd_pend_t **v, size_t n, ckpt_pos_t *p
   }
   bool last = p.put == n && p.upd == tb->updates.n && p.del == tb->dels.n;
   if (last) {
-    for (size_t i = 0; i < tb->hwms.n && !t.rc; i++) {
-      uint8_t kb[8], vb[8];
-      hd_put64(kb, tb->hwms.v[i].node);
-      hd_put64(vb, tb->hwms.v[i].seq);
-      MDB_val k = {8, kb}, d = {8, vb};
-      w_put(&t, s->hwm, &k, &d, 0);
-    }
+    for (size_t i = 0; i < tb->hwms.n && !t.rc; i++) put_hwm(s, &t, tb->hwms.v[i].node, tb->hwms.v[i].seq);
     /* The highest seq of every node that had puts, even ones deleted
      * since: a restart must not hand out their seqs again. */
     for (size_t i = 0; i < tb->maxseq.n; i++) {
@@ -858,13 +853,13 @@ static int checkpoint_step(hd_store_t *s, hd_pend_t **v, size_t n, ckpt_pos_t *p
  * commit goes to LMDB as it would without a log. */
 static bool log_room(hd_store_t *s) {
   struct statvfs fs;
-  if (!s->log_open || !s->opts.log_size || statvfs(s->dir, &fs) != 0) return false;
+  if (!s->opts.log_size || statvfs(s->dir, &fs) != 0) return false;
   return (uint64_t)fs.f_bavail * fs.f_frsize >= s->opts.reserve + 4 * s->opts.log_size;
 }
 
 /* Move what the log holds into LMDB and start the log again. */
 static int checkpoint(hd_store_t *s, bool force) {
-  if (!s->log_open || (!force && s->log.off == 0 && hd_table_empty(&s->table))) return 0;
+  if (!force && s->log.off == 0 && hd_table_empty(&s->table)) return 0;
   size_t n;
   hd_pend_t **v = hd_table_sorted(&s->table, &n);
   ckpt_pos_t pos = {0, 0, 0};
@@ -947,7 +942,7 @@ static int commit_batch(hd_store_t *s, batch_t *b) {
     if ((rc = log_batch(s, b, &done)) || done) return rc;
   } else if ((rc = checkpoint(s, false))) {
     return rc;
-  } else if (!s->log_usable && s->log_open && s->opts.log_size && ++s->room_looks % 256 == 0) {
+  } else if (!s->log_usable && s->opts.log_size && ++s->room_looks % 256 == 0) {
     s->log_usable = log_room(s); /* space may have come back */
   }
   while ((rc = apply_batch(s, b)) == MDB_MAP_FULL) grow_map(s);
@@ -1152,7 +1147,7 @@ static void *writer_main(void *arg) {
     }
     if (s->opts.flush_interval && dirty && hd_now_mono_ms() >= next_sync) {
       mdb_env_sync(s->env, 1);
-      if (s->log_open) hd_slog_sync(&s->log);
+      hd_slog_sync(&s->log);
       atomic_fetch_add(&s->syncs, 1);
       dirty = false;
       next_sync = hd_now_mono_ms() + s->opts.interval_ms;
@@ -1168,7 +1163,7 @@ static void *writer_main(void *arg) {
            "does it", s->dir, lmdb_err(rc));
   if (s->opts.flush_interval) {
     mdb_env_sync(s->env, 1);
-    if (s->log_open) hd_slog_sync(&s->log);
+    hd_slog_sync(&s->log);
     atomic_fetch_add(&s->syncs, 1);
   }
   hd_table_clear(&s->table); /* what a failed checkpoint left: the log has it */
@@ -1200,7 +1195,7 @@ void hd_store_close(hd_store_t *s) {
          " syncs, %" PRIu64 " commits to the log, %" PRIu64 " checkpoints",
          s->dir, st.commits, st.ops, st.syncs, st.log_batches, st.checkpoints);
   hd_table_clear(&s->table);
-  if (s->log_open) hd_slog_close(&s->log);
+  hd_slog_close(&s->log);
   mdb_env_close(s->env);
   pthread_rwlock_destroy(&s->map_lock);
   pthread_mutex_destroy(&s->lock);

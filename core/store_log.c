@@ -200,7 +200,7 @@ int hd_slog_write(hd_slog_t *l, bool nosync) {
   return 0;
 }
 
-int hd_slog_sync(hd_slog_t *l) { return fdatasync(l->fd) == 0 ? 0 : -errno; }
+int hd_slog_sync(hd_slog_t *l) { return l->fd < 0 || fdatasync(l->fd) == 0 ? 0 : -errno; }
 
 void hd_slog_restart(hd_slog_t *l, uint64_t lsn) {
   l->off = 0;

@@ -75,6 +75,13 @@ static void write_batch(hd_slog_t *l, uint64_t seq) {
   assert_int_equal(hd_slog_write(l, true), 0);
 }
 
+/* A log in `dir` that starts at `lsn`, with batches for seqs 1..n. */
+static void log_with(hd_slog_t *l, uint64_t lsn, uint64_t n) {
+  assert_int_equal(hd_slog_open(l, dir, 1u << 20), 0);
+  hd_slog_restart(l, lsn);
+  for (uint64_t seq = 1; seq <= n; seq++) write_batch(l, seq);
+}
+
 static void t_crc32c(void **state) {
   (void)state;
   /* The check value of CRC-32C (Castagnoli). */
@@ -90,9 +97,7 @@ static void t_crc32c(void **state) {
 static void t_write_and_replay(void **state) {
   (void)state;
   hd_slog_t l;
-  assert_int_equal(hd_slog_open(&l, dir, 1u << 20), 0);
-  hd_slog_restart(&l, 5);
-  for (uint64_t seq = 1; seq <= 3; seq++) write_batch(&l, seq);
+  log_with(&l, 5, 3);
   seen_t s = {0};
   uint64_t next, ops;
   assert_int_equal(hd_slog_replay(dir, 5, record, &s, &next, &ops), 3);
@@ -157,9 +162,7 @@ static void t_torn_and_damaged(void **state) {
 static void t_wrap_leaves_old_batches_unread(void **state) {
   (void)state;
   hd_slog_t l;
-  assert_int_equal(hd_slog_open(&l, dir, 1u << 20), 0);
-  hd_slog_restart(&l, 1);
-  for (uint64_t seq = 1; seq <= 6; seq++) write_batch(&l, seq);
+  log_with(&l, 1, 6);
   /* A checkpoint took LSNs 1-6 into LMDB; the log starts again at 7 and
    * its first batch overwrites the first old one only. */
   hd_slog_restart(&l, 7);
