@@ -791,7 +791,7 @@ typedef struct ckpt_pos {
   size_t put, upd, del;
 } ckpt_pos_t;
 
-static int checkpoint_step(hd_store_t *s, hd_pend_t **v, size_t n, ckpt_pos_t *pos, bool *finished) {
+static int checkpoint_step(hd_store_t *s, const hd_pend_t *v, size_t n, ckpt_pos_t *pos, bool *finished) {
   batch_t b = {0};
   hd_table_t *tb = &s->table;
   ckpt_pos_t p = *pos;
@@ -799,8 +799,8 @@ static int checkpoint_step(hd_store_t *s, hd_pend_t **v, size_t n, ckpt_pos_t *p
   wtxn_t t = {NULL, mdb_txn_begin(s->env, NULL, 0, &t.txn), NULL};
   if (t.rc) return t.rc;
   for (; p.put < n && used < CHECKPOINT_BYTES && !t.rc; p.put++) {
-    hd_store_op_t op = {.kind = HD_OP_PUT, .flags = v[p.put]->flags, .delivery_count = v[p.put]->delivery_count,
-                        .node = v[p.put]->node, .seq = v[p.put]->seq, .msg = v[p.put]->msg};
+    hd_store_op_t op = {.kind = HD_OP_PUT, .flags = v[p.put].flags, .delivery_count = v[p.put].delivery_count,
+                        .node = v[p.put].node, .seq = v[p.put].seq, .msg = v[p.put].msg};
     apply_put(s, &t, &b, &op);
     used += HD_REC_HDR + 16 + op.msg->len;
   }
@@ -861,7 +861,7 @@ static bool log_room(hd_store_t *s) {
 static int checkpoint(hd_store_t *s, bool force) {
   if (!force && s->log.off == 0 && hd_table_empty(&s->table)) return 0;
   size_t n;
-  hd_pend_t **v = hd_table_sorted(&s->table, &n);
+  hd_pend_t *v = hd_table_sorted(&s->table, &n);
   ckpt_pos_t pos = {0, 0, 0};
   bool finished = false;
   int rc = 0;

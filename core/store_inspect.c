@@ -64,9 +64,7 @@ static uint64_t log_deleted(ro_t *r, uint64_t of) {
 /* A node's messages as LMDB and the log together say. */
 static void log_adjust(ro_t *r, uint64_t id, uint64_t *count, uint64_t *max_seq, uint64_t *hwm) {
   hd_table_t *t = &r->log;
-  for (size_t i = 0; i < t->nbuckets; i++)
-    for (hd_pend_t *p = t->buckets[i]; p; p = p->hnext)
-      if (p->node == id) (*count)++;
+  *count += hd_table_live(t, id);
   for (size_t i = 0; i < t->dels.n; i++)
     if (t->dels.v[i].node == id && in_lmdb(r, id, t->dels.v[i].seq) && *count) (*count)--;
   for (size_t i = 0; i < t->maxseq.n; i++)
@@ -261,20 +259,22 @@ long hd_store_check(const char *data_dir, void (*say)(const char *line, void *ar
   mdb_cursor_close(c);
   /* The log's messages are checked the same way (its counts are not in
    * qstat until a checkpoint, so they are compared with nothing). */
-  for (size_t b = 0; b < r.log.nbuckets; b++)
-    for (hd_pend_t *p = r.log.buckets[b]; p; p = p->hnext) {
-      total++;
-      bool known = false;
-      for (size_t i = 0; i < n && !known; i++) known = nodes[i].id == p->node;
-      if (!known) {
-        problem(&o, "logged message %" PRIu64 " belongs to node %" PRIu64 ", which does not exist", p->seq, p->node);
-        continue;
-      }
-      const char *why;
-      if (hd_msg_parse(p->msg, 0, &why) != 0)
-        problem(&o, "logged message %" PRIu64 " of node %" PRIu64 " is not a valid AMQP message: %s", p->seq,
-                p->node, why);
+  size_t nlogged;
+  hd_pend_t *logged = hd_table_sorted(&r.log, &nlogged);
+  for (const hd_pend_t *p = logged; p < logged + nlogged; p++) {
+    total++;
+    bool known = false;
+    for (size_t i = 0; i < n && !known; i++) known = nodes[i].id == p->node;
+    if (!known) {
+      problem(&o, "logged message %" PRIu64 " belongs to node %" PRIu64 ", which does not exist", p->seq, p->node);
+      continue;
     }
+    const char *why;
+    if (hd_msg_parse(p->msg, 0, &why) != 0)
+      problem(&o, "logged message %" PRIu64 " of node %" PRIu64 " is not a valid AMQP message: %s", p->seq,
+              p->node, why);
+  }
+  free(logged);
   for (size_t i = 0; i < n; i++) {
     uint64_t count, max_seq, hwm;
     node_stats(&r, nodes[i].id, &count, &max_seq, &hwm);

@@ -1,44 +1,164 @@
-/* The log's pending operations (store_table.h): a hash of the puts still
- * alive, and short lists for what must reach LMDB's older records. */
+/* The log's pending operations (store_table.h): per node, a ring of the
+ * puts still alive indexed by seq; a hash for the puts that do not fit a
+ * ring; short lists for what must reach LMDB's older records. */
 #include "config.h"
 
 #include "store_table.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "util.h"
 
-static size_t slot(const hd_table_t *t, uint64_t node, uint64_t seq) {
-  uint64_t h = (seq ^ (node * 0x9e3779b97f4a7c15ull)) * 0xff51afd7ed558ccdull;
-  return (size_t)(h >> 32) & (t->nbuckets - 1);
+/* How far past its front a ring may reach: a few times the puts it holds,
+ * plus room for gaps (seqs taken by messages that never come here, such as
+ * non-durable ones kept in memory).  A put beyond that, with an old message
+ * holding the front, goes to the hash rather than stretching the ring. */
+#define RING_SLACK 65536
+
+typedef struct slot {
+  hd_msg_t *msg; /* NULL: no live put at this seq */
+  uint32_t flags, delivery_count;
+} slot_t;
+
+struct hd_tnode {
+  hd_tnode_t *hnext;
+  uint64_t node;
+  uint64_t base; /* seq of the front slot */
+  slot_t *ring;
+  size_t cap;  /* a power of two (0 before the first put) */
+  size_t head; /* index of the front slot */
+  size_t span; /* seqs base .. base + span - 1; the front is live unless span is 0 */
+  size_t live;
+  long maxseq_ix, hwm_ix; /* this node's entries in t->maxseq and t->hwms, or -1 */
+};
+
+struct hd_xput {
+  hd_xput_t *hnext;
+  hd_pend_t p;
+};
+
+static size_t mix(uint64_t node, uint64_t seq) {
+  return (size_t)(((seq ^ (node * 0x9e3779b97f4a7c15ull)) * 0xff51afd7ed558ccdull) >> 32);
 }
 
-static void grow(hd_table_t *t) {
-  size_t n = t->nbuckets ? t->nbuckets * 2 : 1024;
-  hd_pend_t **b = hd_xcalloc(n, sizeof *b);
-  size_t old = t->nbuckets;
-  hd_pend_t **ob = t->buckets;
-  t->buckets = b;
-  t->nbuckets = n;
-  for (size_t i = 0; i < old; i++)
-    for (hd_pend_t *p = ob[i], *next; p; p = next) {
-      next = p->hnext;
-      size_t s = slot(t, p->node, p->seq);
-      p->hnext = b[s];
-      b[s] = p;
+/* ---- nodes ---------------------------------------------------------------- */
+
+static void nodes_grow(hd_table_t *t) {
+  size_t n = t->node_buckets ? t->node_buckets * 2 : 16;
+  hd_tnode_t **b = hd_xcalloc(n, sizeof *b);
+  for (size_t i = 0; i < t->node_buckets; i++)
+    for (hd_tnode_t *tn = t->nodes[i], *next; tn; tn = next) {
+      next = tn->hnext;
+      size_t s = mix(tn->node, 0) & (n - 1);
+      tn->hnext = b[s];
+      b[s] = tn;
     }
-  free(ob);
+  free(t->nodes);
+  t->nodes = b;
+  t->node_buckets = n;
 }
 
-static hd_pend_t **find(const hd_table_t *t, uint64_t node, uint64_t seq) {
-  if (!t->nbuckets) return NULL;
-  hd_pend_t **pp = &t->buckets[slot(t, node, seq)];
+static hd_tnode_t *node_get(hd_table_t *t, uint64_t node, bool create) {
+  if (t->last && t->last->node == node) return t->last;
+  if (t->node_buckets)
+    for (hd_tnode_t *tn = t->nodes[mix(node, 0) & (t->node_buckets - 1)]; tn; tn = tn->hnext)
+      if (tn->node == node) return t->last = tn;
+  if (!create) return NULL;
+  if (t->nnodes >= t->node_buckets) nodes_grow(t);
+  hd_tnode_t *tn = hd_xcalloc(1, sizeof *tn);
+  tn->node = node;
+  tn->maxseq_ix = tn->hwm_ix = -1;
+  size_t s = mix(node, 0) & (t->node_buckets - 1);
+  tn->hnext = t->nodes[s];
+  t->nodes[s] = tn;
+  t->nnodes++;
+  return t->last = tn;
+}
+
+/* ---- rings ---------------------------------------------------------------- */
+
+static slot_t *slot_at(const hd_tnode_t *tn, uint64_t seq) {
+  if (seq < tn->base || seq - tn->base >= tn->span) return NULL;
+  return &tn->ring[(tn->head + (size_t)(seq - tn->base)) & (tn->cap - 1)];
+}
+
+/* Slots outside the span are always zero, so growing needs no clearing. */
+static void ring_grow(hd_tnode_t *tn, size_t span) {
+  size_t cap = tn->cap ? tn->cap : 256;
+  while (cap < span)
+    cap *= 2;
+  slot_t *r = hd_xcalloc(cap, sizeof *r);
+  for (size_t i = 0; i < tn->span; i++)
+    r[i] = tn->ring[(tn->head + i) & (tn->cap - 1)];
+  free(tn->ring);
+  tn->ring = r;
+  tn->cap = cap;
+  tn->head = 0;
+}
+
+/* The slot a new put at seq goes to, or NULL: it belongs in the hash. */
+static slot_t *ring_place(hd_tnode_t *tn, uint64_t seq) {
+  slot_t *s = slot_at(tn, seq);
+  if (s) return s;
+  if (!tn->span) tn->base = seq; /* an empty ring starts wherever the next put is */
+  if (seq < tn->base || seq - tn->base >= 4 * (tn->live + 1) + RING_SLACK) return NULL;
+  size_t span = (size_t)(seq - tn->base) + 1;
+  if (span > tn->cap) ring_grow(tn, span);
+  tn->span = span;
+  return slot_at(tn, seq);
+}
+
+static void ring_clear_slot(hd_tnode_t *tn, slot_t *s) {
+  hd_msg_unref(s->msg);
+  *s = (slot_t){0};
+  tn->live--;
+  /* Keep the front live: move it past every cleared slot. */
+  while (tn->span && !tn->ring[tn->head].msg) {
+    tn->head = (tn->head + 1) & (tn->cap - 1);
+    tn->base++;
+    tn->span--;
+  }
+}
+
+/* ---- the hash of puts that fit no ring --------------------------------------- */
+
+static void xgrow(hd_table_t *t) {
+  size_t n = t->xbuckets ? t->xbuckets * 2 : 1024;
+  hd_xput_t **b = hd_xcalloc(n, sizeof *b);
+  for (size_t i = 0; i < t->xbuckets; i++)
+    for (hd_xput_t *x = t->xb[i], *next; x; x = next) {
+      next = x->hnext;
+      size_t s = mix(x->p.node, x->p.seq) & (n - 1);
+      x->hnext = b[s];
+      b[s] = x;
+    }
+  free(t->xb);
+  t->xb = b;
+  t->xbuckets = n;
+}
+
+static hd_xput_t **xfind(const hd_table_t *t, uint64_t node, uint64_t seq) {
+  if (!t->xcount) return NULL;
+  hd_xput_t **pp = &t->xb[mix(node, seq) & (t->xbuckets - 1)];
   for (; *pp; pp = &(*pp)->hnext)
-    if ((*pp)->node == node && (*pp)->seq == seq) return pp;
+    if ((*pp)->p.node == node && (*pp)->p.seq == seq) return pp;
   return NULL;
 }
+
+static void xput(hd_table_t *t, const hd_pend_t *p) {
+  if (t->xcount >= t->xbuckets) xgrow(t);
+  hd_xput_t *x = hd_obj_alloc(sizeof *x);
+  x->p = *p;
+  size_t s = mix(p->node, p->seq) & (t->xbuckets - 1);
+  x->hnext = t->xb[s];
+  t->xb[s] = x;
+  t->xcount++;
+}
+
+/* ---- operations ------------------------------------------------------------ */
 
 static hd_keyop_t *push(hd_keyops_t *l) {
   if (l->n == l->cap) {
@@ -48,59 +168,78 @@ static hd_keyop_t *push(hd_keyops_t *l) {
   return &l->v[l->n++];
 }
 
-/* The per-node lists (marks, highest seqs) have one entry per node. */
-static hd_keyop_t *per_node(hd_keyops_t *l, uint64_t node) {
-  for (size_t i = 0; i < l->n; i++)
-    if (l->v[i].node == node) return &l->v[i];
-  hd_keyop_t *k = push(l);
-  *k = (hd_keyop_t){node, 0, 0};
-  return k;
+/* A node's entry in one of the per-node lists (marks, highest seqs). */
+static hd_keyop_t *per_node(hd_keyops_t *l, long *ix, uint64_t node) {
+  if (*ix < 0) {
+    *ix = (long)l->n;
+    *push(l) = (hd_keyop_t){node, 0, 0};
+  }
+  return &l->v[*ix];
 }
 
-void hd_table_put(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t flags, uint32_t delivery_count,
-                  hd_msg_t *msg) {
-  hd_keyop_t *m = per_node(&t->maxseq, node);
+void hd_table_put(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t flags,
+                  uint32_t delivery_count, hd_msg_t *msg) {
+  hd_tnode_t *tn = node_get(t, node, true);
+  hd_keyop_t *m = per_node(&t->maxseq, &tn->maxseq_ix, node);
   if (seq > m->seq) m->seq = seq;
-  hd_pend_t **pp = find(t, node, seq);
-  if (pp) { /* not expected (seqs are not reused); the later put wins */
-    hd_msg_unref((*pp)->msg);
-    (*pp)->msg = hd_msg_ref(msg);
-    (*pp)->flags = flags;
-    (*pp)->delivery_count = delivery_count;
+  /* Not expected (seqs are not reused), but if it happens the later put wins. */
+  slot_t *s = slot_at(tn, seq);
+  if (s && s->msg) {
+    hd_msg_unref(s->msg);
+    *s = (slot_t){hd_msg_ref(msg), flags, delivery_count};
     return;
   }
-  if (t->count >= t->nbuckets) grow(t);
-  hd_pend_t *p = hd_obj_alloc(sizeof *p);
-  *p = (hd_pend_t){NULL, node, seq, flags, delivery_count, hd_msg_ref(msg)};
-  size_t s = slot(t, node, seq);
-  p->hnext = t->buckets[s];
-  t->buckets[s] = p;
+  hd_xput_t **xp = xfind(t, node, seq);
+  if (xp) {
+    hd_msg_unref((*xp)->p.msg);
+    (*xp)->p = (hd_pend_t){node, seq, flags, delivery_count, hd_msg_ref(msg)};
+    return;
+  }
   t->count++;
+  if ((s = ring_place(tn, seq))) {
+    *s = (slot_t){hd_msg_ref(msg), flags, delivery_count};
+    tn->live++;
+  } else {
+    xput(t, &(hd_pend_t){node, seq, flags, delivery_count, hd_msg_ref(msg)});
+  }
 }
 
 void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq) {
-  hd_pend_t **pp = find(t, node, seq);
-  if (!pp) {
+  hd_tnode_t *tn = node_get(t, node, false);
+  slot_t *s = tn ? slot_at(tn, seq) : NULL;
+  if (s && s->msg) {
+    ring_clear_slot(tn, s);
+    t->count--;
+    return;
+  }
+  hd_xput_t **xp = xfind(t, node, seq);
+  if (!xp) {
     *push(&t->dels) = (hd_keyop_t){node, seq, 0};
     return;
   }
-  hd_pend_t *p = *pp;
-  *pp = p->hnext;
+  hd_xput_t *x = *xp;
+  *xp = x->hnext;
+  t->xcount--;
   t->count--;
-  hd_msg_unref(p->msg);
-  hd_obj_free(p, sizeof *p);
+  hd_msg_unref(x->p.msg);
+  hd_obj_free(x, sizeof *x);
 }
 
 void hd_table_update(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count) {
-  hd_pend_t **pp = find(t, node, seq);
-  if (pp)
-    (*pp)->delivery_count = delivery_count;
+  hd_tnode_t *tn = node_get(t, node, false);
+  slot_t *s = tn ? slot_at(tn, seq) : NULL;
+  hd_xput_t **xp;
+  if (s && s->msg)
+    s->delivery_count = delivery_count;
+  else if ((xp = xfind(t, node, seq)))
+    (*xp)->p.delivery_count = delivery_count;
   else
     *push(&t->updates) = (hd_keyop_t){node, seq, delivery_count};
 }
 
 void hd_table_hwm(hd_table_t *t, uint64_t node, uint64_t seq) {
-  hd_keyop_t *k = per_node(&t->hwms, node);
+  hd_tnode_t *tn = node_get(t, node, true);
+  hd_keyop_t *k = per_node(&t->hwms, &tn->hwm_ix, node);
   k->seq = seq;
   k->delivery_count = 1; /* set: a mark of 0 is a real value */
 }
@@ -130,30 +269,71 @@ int hd_table_empty(const hd_table_t *t) {
   return !t->count && !t->dels.n && !t->updates.n && !t->hwms.n && !t->maxseq.n;
 }
 
+static int by_node(const void *a, const void *b) {
+  const hd_tnode_t *x = *(hd_tnode_t *const *)a, *y = *(hd_tnode_t *const *)b;
+  return x->node < y->node ? -1 : x->node > y->node;
+}
+
 static int by_key(const void *a, const void *b) {
-  const hd_pend_t *x = *(hd_pend_t *const *)a, *y = *(hd_pend_t *const *)b;
+  const hd_pend_t *x = a, *y = b;
   if (x->node != y->node) return x->node < y->node ? -1 : 1;
   return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-hd_pend_t **hd_table_sorted(const hd_table_t *t, size_t *n) {
-  hd_pend_t **v = hd_xmalloc((t->count ? t->count : 1) * sizeof *v);
-  size_t k = 0;
-  for (size_t i = 0; i < t->nbuckets; i++)
-    for (hd_pend_t *p = t->buckets[i]; p; p = p->hnext) v[k++] = p;
-  qsort(v, k, sizeof *v, by_key);
-  *n = k;
+hd_pend_t *hd_table_sorted(const hd_table_t *t, size_t *n) {
+  hd_pend_t *v = hd_xmalloc((t->count ? t->count : 1) * sizeof *v);
+  hd_tnode_t **ns = hd_xmalloc((t->nnodes ? t->nnodes : 1) * sizeof *ns);
+  size_t k = 0, m = 0;
+  for (size_t i = 0; i < t->node_buckets; i++)
+    for (hd_tnode_t *tn = t->nodes[i]; tn; tn = tn->hnext)
+      ns[k++] = tn;
+  qsort(ns, k, sizeof *ns, by_node);
+  /* Rings are in seq order already; only the hash's puts need a sort. */
+  for (size_t i = 0; i < k; i++)
+    for (size_t j = 0; j < ns[i]->span; j++) {
+      const slot_t *s = &ns[i]->ring[(ns[i]->head + j) & (ns[i]->cap - 1)];
+      if (s->msg)
+        v[m++] = (hd_pend_t){ns[i]->node, ns[i]->base + j, s->flags, s->delivery_count, s->msg};
+    }
+  free(ns);
+  if (t->xcount) {
+    for (size_t i = 0; i < t->xbuckets; i++)
+      for (hd_xput_t *x = t->xb[i]; x; x = x->hnext)
+        v[m++] = x->p;
+    qsort(v, m, sizeof *v, by_key);
+  }
+  *n = m;
   return v;
 }
 
+size_t hd_table_live(const hd_table_t *t, uint64_t node) {
+  size_t n = 0;
+  if (t->node_buckets)
+    for (hd_tnode_t *tn = t->nodes[mix(node, 0) & (t->node_buckets - 1)]; tn; tn = tn->hnext)
+      if (tn->node == node) n = tn->live;
+  for (size_t i = 0; i < t->xbuckets; i++)
+    for (hd_xput_t *x = t->xb[i]; x; x = x->hnext)
+      n += x->p.node == node;
+  return n;
+}
+
 void hd_table_clear(hd_table_t *t) {
-  for (size_t i = 0; i < t->nbuckets; i++)
-    for (hd_pend_t *p = t->buckets[i], *next; p; p = next) {
-      next = p->hnext;
-      hd_msg_unref(p->msg);
-      hd_obj_free(p, sizeof *p);
+  for (size_t i = 0; i < t->node_buckets; i++)
+    for (hd_tnode_t *tn = t->nodes[i], *next; tn; tn = next) {
+      next = tn->hnext;
+      for (size_t j = 0; j < tn->span; j++)
+        hd_msg_unref(tn->ring[(tn->head + j) & (tn->cap - 1)].msg);
+      free(tn->ring);
+      free(tn);
     }
-  free(t->buckets);
+  for (size_t i = 0; i < t->xbuckets; i++)
+    for (hd_xput_t *x = t->xb[i], *next; x; x = next) {
+      next = x->hnext;
+      hd_msg_unref(x->p.msg);
+      hd_obj_free(x, sizeof *x);
+    }
+  free(t->nodes);
+  free(t->xb);
   free(t->dels.v);
   free(t->updates.v);
   free(t->hwms.v);

@@ -2,7 +2,15 @@
  * effect of the operations logged since the last checkpoint, kept by the
  * writer thread only.  A delete of a message put in the same stretch of log
  * cancels both, so LMDB never sees either; the rest is written to LMDB at
- * the next checkpoint.  Relies on a queue never reusing a seq. */
+ * the next checkpoint.  Relies on a queue never reusing a seq.
+ *
+ * A queue's puts arrive in seq order and its deletes mostly in the same
+ * order, so each node keeps its live puts in a ring indexed by seq: a put
+ * appends, a delete clears a slot and the ring's front moves past cleared
+ * slots.  No per-message allocation and no hash lookups, which mattered:
+ * with a few hundred thousand messages in the log, a hash's cache misses
+ * were the writer thread's largest cost.  A put that does not fit the ring
+ * (older than its front, or far past its end) goes to a hash instead. */
 #ifndef HD_STORE_TABLE_H
 #define HD_STORE_TABLE_H
 
@@ -12,11 +20,11 @@
 #include "message.h"
 #include "store_log.h"
 
+/* One live put as the table reports it. */
 typedef struct hd_pend {
-  struct hd_pend *hnext;
   uint64_t node, seq;
   uint32_t flags, delivery_count;
-  hd_msg_t *msg; /* one reference; msg->expiry_ms is the record's expiry */
+  hd_msg_t *msg; /* the table's reference; msg->expiry_ms is the record's expiry */
 } hd_pend_t;
 
 typedef struct hd_keyop {
@@ -29,17 +37,24 @@ typedef struct hd_keyops {
   size_t n, cap;
 } hd_keyops_t;
 
+typedef struct hd_tnode hd_tnode_t;
+typedef struct hd_xput hd_xput_t;
+
 typedef struct hd_table {
-  hd_pend_t **buckets;
-  size_t nbuckets, count;
+  size_t count;       /* live puts, rings and hash together */
+  hd_tnode_t **nodes; /* hash of per-node state, by node id */
+  size_t nnodes, node_buckets;
+  hd_tnode_t *last; /* the node the previous operation found */
+  hd_xput_t **xb;   /* puts that did not fit their node's ring */
+  size_t xcount, xbuckets;
   hd_keyops_t dels;    /* of messages already in LMDB */
   hd_keyops_t updates; /* delivery counts of messages already in LMDB */
   hd_keyops_t hwms;    /* one per node: the latest mark */
   hd_keyops_t maxseq;  /* one per node: the highest seq put, even if since deleted */
 } hd_table_t;
 
-void hd_table_put(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t flags, uint32_t delivery_count,
-                  hd_msg_t *msg);
+void hd_table_put(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t flags,
+                  uint32_t delivery_count, hd_msg_t *msg);
 void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq);
 void hd_table_update(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count);
 void hd_table_hwm(hd_table_t *t, uint64_t node, uint64_t seq);
@@ -48,8 +63,11 @@ void hd_table_hwm(hd_table_t *t, uint64_t node, uint64_t seq);
 int hd_table_apply(hd_table_t *t, const hd_slog_op_t *op, hd_msg_t *msg);
 /* Nothing to write at a checkpoint. */
 int hd_table_empty(const hd_table_t *t);
-/* The puts still alive, sorted by node and seq (malloc'd; *n of them). */
-hd_pend_t **hd_table_sorted(const hd_table_t *t, size_t *n);
+/* The puts still alive, sorted by node and seq (malloc'd; *n of them; the
+ * messages are the table's references, valid until it changes). */
+hd_pend_t *hd_table_sorted(const hd_table_t *t, size_t *n);
+/* How many live puts the table holds for one node. */
+size_t hd_table_live(const hd_table_t *t, uint64_t node);
 /* Forget everything (after a checkpoint, or at close). */
 void hd_table_clear(hd_table_t *t);
 

@@ -227,19 +227,141 @@ static void t_table(void **state) {
   /* Highest seq per node, even of deleted puts. */
   assert_int_equal(t.maxseq.n, 3);
   size_t n;
-  hd_pend_t **v = hd_table_sorted(&t, &n);
+  hd_pend_t *v = hd_table_sorted(&t, &n);
   assert_int_equal(n, 1500);
   for (size_t i = 1; i < n; i++)
-    assert_true(v[i - 1]->node < v[i]->node || (v[i - 1]->node == v[i]->node && v[i - 1]->seq < v[i]->seq));
+    assert_true(v[i - 1].node < v[i].node || (v[i - 1].node == v[i].node && v[i - 1].seq < v[i].seq));
   for (size_t i = 0; i < n; i++) {
-    assert_int_equal(v[i]->seq % 2, 0);
-    if (v[i]->seq == 2) assert_int_equal(v[i]->delivery_count, 7);
+    assert_int_equal(v[i].seq % 2, 0);
+    if (v[i].seq == 2) assert_int_equal(v[i].delivery_count, 7);
   }
   free(v);
   assert_false(hd_table_empty(&t));
   hd_table_clear(&t);
   assert_true(hd_table_empty(&t));
   assert_int_equal(hd_msg_mem_used(), base); /* every message reference went back */
+  hd_msg_thread_done();
+}
+
+/* The table against a plain list of what should be alive, through the
+ * cases its per-node rings treat specially: deletes out of order, a ring
+ * emptied and started again elsewhere, puts older than a ring's front or
+ * far beyond its end (they go to the hash), a put repeated, updates. */
+typedef struct model_ent {
+  uint64_t node, seq;
+  uint32_t dc;
+  hd_msg_t *msg;
+} model_ent_t;
+
+static model_ent_t model[20000];
+static size_t nmodel;
+
+static model_ent_t *model_find(uint64_t node, uint64_t seq) {
+  for (size_t i = 0; i < nmodel; i++)
+    if (model[i].node == node && model[i].seq == seq) return &model[i];
+  return NULL;
+}
+
+static int model_cmp(const void *a, const void *b) {
+  const model_ent_t *x = a, *y = b;
+  if (x->node != y->node) return x->node < y->node ? -1 : 1;
+  return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static void model_check(hd_table_t *t) {
+  qsort(model, nmodel, sizeof *model, model_cmp);
+  size_t n;
+  hd_pend_t *v = hd_table_sorted(t, &n);
+  assert_int_equal(n, nmodel);
+  assert_int_equal(t->count, nmodel);
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(v[i].node, model[i].node);
+    assert_int_equal(v[i].seq, model[i].seq);
+    assert_int_equal(v[i].delivery_count, model[i].dc);
+    assert_ptr_equal(v[i].msg, model[i].msg);
+  }
+  free(v);
+  for (uint64_t node = 0; node < 4; node++) {
+    size_t live = 0;
+    for (size_t i = 0; i < nmodel; i++) live += model[i].node == node;
+    assert_int_equal(hd_table_live(t, node), live);
+  }
+}
+
+static void t_table_rings(void **state) {
+  (void)state;
+  hd_table_t t = {0};
+  int64_t base = hd_msg_mem_used();
+  hd_msg_t *m = msg("y");
+  uint64_t next[4] = {1, 1000, 5, 1};
+  size_t dels = 0, updates = 0, max_hashed = 0;
+  unsigned r = 12345;
+  nmodel = 0;
+  for (int step = 0; step < 60000; step++) {
+    r = r * 1103515245u + 12345u;
+    uint64_t node = (r >> 8) % 4;
+    unsigned what = (r >> 16) % 100;
+    uint64_t seq;
+    if (what < 45 || nmodel == 0) { /* in order, sometimes after a gap */
+      if (nmodel >= sizeof model / sizeof *model) continue;
+      seq = next[node];
+      next[node] += step % 9973 == 0 ? 100000 : what < 10 ? 7 : 1; /* now and then far ahead */
+    } else if (what < 48) { /* older than anything: behind the ring's front */
+      if (nmodel >= sizeof model / sizeof *model) continue;
+      seq = 1 + (r >> 20) % 50;
+      if (model_find(node, seq)) continue;
+    } else if (what < 50) { /* the same seq again: the later put wins */
+      model_ent_t *e = &model[(r >> 12) % nmodel];
+      hd_table_put(&t, e->node, e->seq, 0, 9, m);
+      e->dc = 9;
+      continue;
+    } else if (what < 55) { /* an update, of a live put or of one in LMDB */
+      model_ent_t *e = &model[(r >> 12) % nmodel];
+      if (what == 54) {
+        hd_table_update(&t, node, 900000000 + step, 4);
+        assert_int_equal(t.updates.n, ++updates);
+      } else {
+        hd_table_update(&t, e->node, e->seq, 3);
+        e->dc = 3;
+      }
+      continue;
+    } else { /* a delete: mostly the oldest of a node, else any */
+      size_t k = (r >> 12) % nmodel;
+      if (what < 85) {
+        for (size_t i = 0; i < nmodel; i++)
+          if (model[i].node == model[k].node && model[i].seq < model[k].seq) k = i;
+      }
+      hd_table_del(&t, model[k].node, model[k].seq);
+      model[k] = model[--nmodel];
+      if (what == 99) { /* and one of a message only LMDB has */
+        hd_table_del(&t, node, 800000000 + step);
+        assert_int_equal(t.dels.n, ++dels);
+      }
+      continue;
+    }
+    hd_table_put(&t, node, seq, 0, 0, m);
+    model[nmodel++] = (model_ent_t){node, seq, 0, m};
+    if (t.xcount > max_hashed) max_hashed = t.xcount;
+    if (step % 5000 == 0) model_check(&t);
+  }
+  model_check(&t);
+  assert_true(max_hashed > 0 && max_hashed < t.count / 2); /* both ways were taken; rings the most */
+  /* Emptied, a ring starts again wherever the next put is. */
+  while (nmodel) {
+    hd_table_del(&t, model[nmodel - 1].node, model[nmodel - 1].seq);
+    nmodel--;
+  }
+  model_check(&t);
+  assert_int_equal(t.dels.n, dels);
+  hd_table_put(&t, 2, 5000000000ull, 0, 0, m);
+  hd_table_put(&t, 2, 5000000001ull, 0, 0, m);
+  model[nmodel++] = (model_ent_t){2, 5000000000ull, 0, m};
+  model[nmodel++] = (model_ent_t){2, 5000000001ull, 0, m};
+  model_check(&t);
+  hd_table_clear(&t);
+  assert_true(hd_table_empty(&t));
+  hd_msg_unref(m);
+  assert_int_equal(hd_msg_mem_used(), base);
   hd_msg_thread_done();
 }
 
@@ -251,6 +373,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(t_wrap_leaves_old_batches_unread, setup, teardown),
       cmocka_unit_test_setup_teardown(t_full_log_does_not_fit, setup, teardown),
       cmocka_unit_test(t_table),
+      cmocka_unit_test(t_table_rings),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
