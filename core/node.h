@@ -217,10 +217,11 @@ hd_entry_t *hd_entry_new(hd_msg_t *m, uint64_t seq, uint32_t delivery_count);
 void hd_queue_place_locked(hd_queue_t *q, hd_entry_t *e);
 void hd_queue_insert_locked(hd_queue_t *q, hd_entry_t *e);
 void hd_queue_dispatch_locked(hd_queue_t *q);
+/* Under q->lock: consumers and browsers with credit left and nothing to
+ * send look again (a message went to disk, and no entry will wake them). */
+void hd_queue_wake_idle_locked(hd_queue_t *q);
 /* Read messages from disk into memory when a consumer is about to run dry
  * (consumer thread, no lock held). */
-/* Under q->lock: browsers with credit left look again (a message went to disk). */
-void hd_queue_wake_browsers_locked(hd_queue_t *q);
 void hd_queue_depage(hd_queue_t *q);
 /* True while some queue holds messages only on disk, or memory is over the
  * budget: the store must then write to LMDB, not to its log (any thread). */

@@ -133,14 +133,19 @@ static void dispatch_waiting(hd_queue_t *q) {
   }
 }
 
-static void wake_browsers(hd_queue_t *q) {
-  hd_consumer_t *b = q->browsers;
-  if (!b) return;
+/* Links with credit and nothing to send hear that there may be something
+ * for them that no entry in memory shows (a message that went to disk):
+ * their next pump reads it back. */
+static void wake_idle(hd_consumer_t *ring) {
+  hd_consumer_t *c = ring;
+  if (!c) return;
   do {
-    if (b->credit > 0 && b->out_count == 0 && b->notify) b->notify(b);
-    b = b->next;
-  } while (b != q->browsers);
+    if (c->credit > 0 && c->out_count == 0 && c->notify) c->notify(c);
+    c = c->next;
+  } while (c != ring);
 }
+
+static void wake_browsers(hd_queue_t *q) { wake_idle(q->browsers); }
 
 int hd_queue_put(hd_queue_t *q, hd_msg_t *m, uint32_t delivery_count) {
   if (atomic_load_explicit(&q->node.deleted, memory_order_relaxed)) return HD_ENOTFOUND;
@@ -171,7 +176,10 @@ void hd_queue_place_locked(hd_queue_t *q, hd_entry_t *e) {
 
 void hd_queue_insert_locked(hd_queue_t *q, hd_entry_t *e) { avail_insert(q, e); }
 
-void hd_queue_wake_browsers_locked(hd_queue_t *q) { wake_browsers(q); }
+void hd_queue_wake_idle_locked(hd_queue_t *q) {
+  wake_idle(q->consumers);
+  wake_idle(q->browsers);
+}
 
 void hd_queue_dispatch_locked(hd_queue_t *q) {
   dispatch_waiting(q);

@@ -177,7 +177,7 @@ static void put_place_locked(hd_queue_t *q, hd_store_op_t *op) {
     set_paged(q, q->paged + 1);
     if (!q->page_seq || op->seq < q->page_seq) q->page_seq = op->seq;
     if (op->seq > q->paged_max) q->paged_max = op->seq;
-    hd_queue_wake_browsers_locked(q);
+    hd_queue_wake_idle_locked(q); /* waiting consumers and browsers read it back */
   } else if (keep) {
     hd_entry_t *e = hd_entry_new(op->msg, op->seq, op->delivery_count);
     if (stored) e->flags |= HD_ENT_STORED;

@@ -622,6 +622,37 @@ class SpaceTest(unittest.TestCase):
             finally:
                 conn.close()
 
+    def test_consumer_hears_of_messages_that_go_to_disk(self):
+        """While memory is over queue-memory (here: another queue's messages,
+        delivered and not yet settled), new messages for a queue whose
+        consumer is waiting go to disk as they arrive.  The consumer must
+        still get them: nothing in memory announces them, so the broker has
+        to wake it to read them back (it waited forever before)."""
+        n = 2 * 256
+        with Broker(name="store-paging-wait", broker="queue-memory = 1M\n") as b:
+            prod = run(Producer(b.url(), "page.full", numbered(n, KIB4)))
+            self.assertEqual((n, []), (len(prod.accepted), prod.rejected))
+            hold = connect(b.url())
+            conn = connect(b.url())
+            try:
+                # 2 MiB delivered and unsettled: memory stays over the budget.
+                held = hold.create_receiver("page.full", credit=n)
+                for i in range(n):
+                    self.assertEqual(i, held.receive(timeout=10 * SLOW).id)
+                rcv = conn.create_receiver("page.live", credit=200)
+                for rnd in range(3):  # each round starts with the consumer waiting, credit left
+                    hadron_test.quiet(conn)  # its credit and accepts at the broker, nothing to send
+                    prod = run(Producer(b.url(), "page.live", numbered(50, KIB4, start=50 * rnd)))
+                    self.assertEqual(50, len(prod.accepted))
+                    for i in range(50 * rnd, 50 * rnd + 50):
+                        m = rcv.receive(timeout=5 * SLOW)
+                        self.assertEqual(i, m.id)
+                        rcv.accept()
+            finally:
+                conn.close()
+                hold.close()
+            self.assertEqual(n, len(receive_all(b.url(), "page.full", idle=1.0)))
+
     def test_map_grows_when_full(self):
         """store-map-size = 1M with 5 MiB of messages: the map grows (logged),
         nothing is refused or lost, and the grown store opens again."""
