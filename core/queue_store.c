@@ -15,7 +15,12 @@
  * Delivery mark: before a durable queue sends seq S it has "S may have been
  * delivered" on disk (HD_OP_HWM, reserved HWM_AHEAD beyond what it needs so
  * that consumers seldom wait).  After a crash, messages up to the mark come
- * back as redeliveries (delivery-count + 1, first-acquirer false). */
+ * back as redeliveries (delivery-count + 1, first-acquirer false).  The
+ * raised count is written back before such a message is sent again, so that
+ * a second crash raises it once more: at start-up a fresh mark does that
+ * (its commit follows the counts'); while the old mark must stay (messages
+ * below it still on disk), each read from disk that raises counts holds
+ * those messages back until a barrier behind the counts' updates commits. */
 #include "config.h"
 
 #include <errno.h>
@@ -149,6 +154,7 @@ static void hwm_ask(hd_queue_t *q, uint64_t seq) {
 bool hd_queue_may_send_locked(hd_queue_t *q, const hd_entry_t *e) {
   /* Only messages in the store outlive a crash, so only they need the mark. */
   if (!(e->flags & HD_ENT_STORED) || !store) return true;
+  if (q->bumps_pending && e->seq <= q->bump_max_seq) return false; /* bumps_done dispatches */
   /* Ask for the next stretch early, so that consumers seldom wait. */
   if (e->seq + HWM_AHEAD / 2 > q->hwm_asked) hwm_ask(q, e->seq);
   return e->seq <= q->hwm_done;
@@ -270,6 +276,7 @@ typedef struct load {
   bool stop_at_budget;         /* start-up: fill memory up to the budget */
   bool persist_bump;           /* start-up: write the raised delivery counts */
   bool startup;                /* non-durable records are from a previous run */
+  uint64_t bumped_max;         /* highest seq whose raised count was written */
   int err;
 } load_t;
 
@@ -310,13 +317,35 @@ static int load_one(const hd_store_rec_t *r, void *arg) {
   if (r->seq <= l->hwm) { /* may have been delivered before the crash */
     e->delivery_count++;
     e->flags |= HD_ENT_DELIVERED;
-    if (l->persist_bump) hd_queue_store_update(l->q, e);
+    if (l->persist_bump) {
+      hd_queue_store_update(l->q, e);
+      l->bumped_max = r->seq;
+    }
   }
   if (l->tail) l->tail->next = e; else l->head = e;
   l->tail = e;
   l->count++;
   l->bytes += r->len;
   return (l->max_count && l->count >= l->max_count) || (l->max_bytes && l->bytes >= l->max_bytes);
+}
+
+static void bumps_done(void *arg, int rc) {
+  (void)rc; /* a failed commit is retried before a barrier completes */
+  hd_queue_t *q = arg;
+  pthread_mutex_lock(&q->lock);
+  if (--q->bumps_pending == 0) q->bump_max_seq = 0;
+  hd_queue_dispatch_locked(q);
+  pthread_mutex_unlock(&q->lock);
+  hd_node_unref(&q->node);
+}
+
+/* Under q->lock, with the entries of a read that raised counts up to
+ * bumped_max: hold them until the updates are committed. */
+static void hold_bumped_locked(hd_queue_t *q, uint64_t bumped_max) {
+  if (!bumped_max) return;
+  q->bumps_pending++;
+  if (bumped_max > q->bump_max_seq) q->bump_max_seq = bumped_max;
+  hd_store_after(bumps_done, hd_node_ref(&q->node));
 }
 
 static void insert_all(hd_queue_t *q, hd_entry_t *list) {
@@ -335,10 +364,11 @@ void hd_queue_depage(hd_queue_t *q) {
   pthread_mutex_unlock(&q->lock);
   if (!go) return;
   load_t l = {.q = q, .limit = limit, .hwm = q->hwm_recovered, .max_count = DEPAGE_BATCH,
-              .max_bytes = DEPAGE_BYTES};
+              .max_bytes = DEPAGE_BYTES, .persist_bump = true};
   long n = hd_store_scan(store, q->store_id, from, SIZE_MAX, load_one, &l);
   pthread_mutex_lock(&q->lock);
   insert_all(q, l.head);
+  hold_bumped_locked(q, l.bumped_max);
   if (n < 0 || (l.seen == 0 && q->paged)) {
     HD_LOG(HD_LOG_ERR, "core", "queue '%s', %" PRIu64 " messages are counted on disk but cannot be read (%s); "
            "run hadron-store check", q->node.address, q->paged, n < 0 ? hd_strerror((int)n) : "none found");
@@ -423,6 +453,7 @@ static int recover_node(const hd_store_node_t *sn, void *arg) {
   long got = hd_store_scan(store, q->store_id, 0, SIZE_MAX, load_one, &l);
   pthread_mutex_lock(&q->lock);
   insert_all(q, l.head);
+  hold_bumped_locked(q, l.bumped_max);
   pthread_mutex_unlock(&q->lock);
   if (got < 0 || l.err) {
     snprintf(err, errlen, "queue '%s' in the store cannot be read (%s); run hadron-store check",
@@ -433,7 +464,8 @@ static int recover_node(const hd_store_node_t *sn, void *arg) {
   q->st.enqueued = q->available;
   /* Every message up to the mark is loaded and its raised count written:
    * start a new mark, so that the next crash raises only what is delivered
-   * from now on.  (Otherwise keep it; depaging raises counts in memory.) */
+   * from now on.  (Otherwise keep it; reading from disk raises and writes
+   * the counts of the rest as they come.) */
   if (sn->hwm && (l.last_seq >= sn->hwm || sn->count == l.seen)) {
     hd_store_op_t *op = hd_store_op_new(HD_OP_HWM);
     op->node = q->store_id;

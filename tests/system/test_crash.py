@@ -56,9 +56,10 @@ class Ledger:
 class Round(MessagingHandler):
     """One round of traffic against one broker process; stops on disconnect."""
 
-    def __init__(self, url, ledger, first_id, rng, limit_s):
+    def __init__(self, url, ledger, first_id, rng, limit_s, body=256):
         super().__init__(prefetch=0, auto_accept=False, auto_settle=True)
         self.url, self.ledger, self.next_id, self.rng = url, ledger, first_id, rng
+        self.body = "x" * body
         self.last_id = first_id + PER_ROUND
         self.limit_s = limit_s
         self.ids = {}      # outgoing delivery -> id
@@ -80,7 +81,7 @@ class Round(MessagingHandler):
         while s.credit > 0 and self.next_id < self.last_id:
             i = self.next_id
             self.next_id += 1
-            d = s.send(Message(id=i, body="x" * 256, durable=True))
+            d = s.send(Message(id=i, body=self.body, durable=True))
             self.ids[d] = i
 
     def on_accepted(self, event):
@@ -160,7 +161,14 @@ class CrashTest(unittest.TestCase):
         and while commits too large for it go to LMDB directly."""
         self.rounds("crash-log", "max-deliveries = 0\nstore-log-size = 64K\n")
 
-    def rounds(self, name, conf):
+    def test_kill_while_paging(self):
+        """The same with 4 KiB bodies and queue-memory = 1M: most of the
+        backlog is only on disk, so kills land while messages are written
+        to LMDB and read back from it, and redelivery marks cover messages
+        that were read back."""
+        self.rounds("crash-paging", "max-deliveries = 0\nqueue-memory = 1M\n", body=4096)
+
+    def rounds(self, name, conf, body=256):
         seed = int(os.environ.get("HADRON_CRASH_SEED") or random.randrange(1 << 30))
         rng = random.Random(seed)
         broker = Broker(name=name, broker=conf)
@@ -172,7 +180,7 @@ class CrashTest(unittest.TestCase):
             delay = rng.uniform(0.2, 1.2) * SLOW
             killer = threading.Timer(delay, lambda p=broker.pid: os.kill(p, signal.SIGKILL))
             killer.start()
-            handler = Round(broker.url(), ledger, next_id, rng, limit_s=10 * SLOW)
+            handler = Round(broker.url(), ledger, next_id, rng, limit_s=10 * SLOW, body=body)
             Container(handler).run()
             killer.join()
             broker.kill()
