@@ -56,11 +56,11 @@ class Ledger:
 class Round(MessagingHandler):
     """One round of traffic against one broker process; stops on disconnect."""
 
-    def __init__(self, url, ledger, first_id, rng, limit_s, body=256):
+    def __init__(self, url, ledger, first_id, rng, limit_s, body=256, per_round=PER_ROUND):
         super().__init__(prefetch=0, auto_accept=False, auto_settle=True)
         self.url, self.ledger, self.next_id, self.rng = url, ledger, first_id, rng
         self.body = "x" * body
-        self.last_id = first_id + PER_ROUND
+        self.last_id = first_id + per_round
         self.limit_s = limit_s
         self.ids = {}      # outgoing delivery -> id
         self.taken = {}    # incoming delivery -> id (accepted, waiting for the broker)
@@ -162,13 +162,14 @@ class CrashTest(unittest.TestCase):
         self.rounds("crash-log", "max-deliveries = 0\nstore-log-size = 64K\n")
 
     def test_kill_while_paging(self):
-        """The same with 4 KiB bodies and queue-memory = 1M: most of the
+        """The same with 2 KiB bodies and queue-memory = 1M: most of the
         backlog is only on disk, so kills land while messages are written
         to LMDB and read back from it, and redelivery marks cover messages
-        that were read back."""
-        self.rounds("crash-paging", "max-deliveries = 0\nqueue-memory = 1M\n", body=4096)
+        that were read back.  (3,000 sends a round, 6 MB; the backlog grows
+        from round to round, about 14,000 messages at the end.)"""
+        self.rounds("crash-paging", "max-deliveries = 0\nqueue-memory = 1M\n", body=2048, per_round=3000)
 
-    def rounds(self, name, conf, body=256):
+    def rounds(self, name, conf, body=256, per_round=PER_ROUND):
         seed = int(os.environ.get("HADRON_CRASH_SEED") or random.randrange(1 << 30))
         rng = random.Random(seed)
         broker = Broker(name=name, broker=conf)
@@ -180,7 +181,8 @@ class CrashTest(unittest.TestCase):
             delay = rng.uniform(0.2, 1.2) * SLOW
             killer = threading.Timer(delay, lambda p=broker.pid: os.kill(p, signal.SIGKILL))
             killer.start()
-            handler = Round(broker.url(), ledger, next_id, rng, limit_s=10 * SLOW, body=body)
+            handler = Round(broker.url(), ledger, next_id, rng, limit_s=10 * SLOW, body=body,
+                            per_round=per_round)
             Container(handler).run()
             killer.join()
             broker.kill()
