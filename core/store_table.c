@@ -24,9 +24,8 @@ typedef struct slot {
 } slot_t;
 
 struct hd_tnode {
-  hd_tnode_t *hnext;
-  uint64_t node;
-  uint64_t base; /* seq of the front slot */
+  hd_tlink_t link; /* first: link.node is the node's id */
+  uint64_t base;   /* seq of the front slot */
   slot_t *ring;
   size_t cap;  /* a power of two (0 before the first put) */
   size_t head; /* index of the front slot */
@@ -35,46 +34,66 @@ struct hd_tnode {
   long maxseq_ix, hwm_ix; /* this node's entries in t->maxseq and t->hwms, or -1 */
 };
 
-struct hd_xput {
-  hd_xput_t *hnext;
+typedef struct xput {
+  hd_tlink_t link; /* first */
   hd_pend_t p;
-};
+} xput_t;
 
 static size_t mix(uint64_t node, uint64_t seq) {
   return (size_t)(((seq ^ (node * 0x9e3779b97f4a7c15ull)) * 0xff51afd7ed558ccdull) >> 32);
 }
 
-/* ---- nodes ---------------------------------------------------------------- */
+/* ---- the two hashes ---------------------------------------------------------- */
 
-static void nodes_grow(hd_table_t *t) {
-  size_t n = t->node_buckets ? t->node_buckets * 2 : 16;
-  hd_tnode_t **b = hd_xcalloc(n, sizeof *b);
-  for (size_t i = 0; i < t->node_buckets; i++)
-    for (hd_tnode_t *tn = t->nodes[i], *next; tn; tn = next) {
-      next = tn->hnext;
-      size_t s = mix(tn->node, 0) & (n - 1);
-      tn->hnext = b[s];
-      b[s] = tn;
+static void chain_grow(hd_tchain_t *c, size_t first) {
+  size_t n = c->n ? c->n * 2 : first;
+  hd_tlink_t **b = hd_xcalloc(n, sizeof *b);
+  for (size_t i = 0; i < c->n; i++)
+    for (hd_tlink_t *l = c->b[i], *next; l; l = next) {
+      next = l->next;
+      size_t s = mix(l->node, l->seq) & (n - 1);
+      l->next = b[s];
+      b[s] = l;
     }
-  free(t->nodes);
-  t->nodes = b;
-  t->node_buckets = n;
+  free(c->b);
+  c->b = b;
+  c->n = n;
 }
 
+static hd_tlink_t **chain_find(const hd_tchain_t *c, uint64_t node, uint64_t seq) {
+  if (!c->count) return NULL;
+  hd_tlink_t **pp = &c->b[mix(node, seq) & (c->n - 1)];
+  for (; *pp; pp = &(*pp)->next)
+    if ((*pp)->node == node && (*pp)->seq == seq) return pp;
+  return NULL;
+}
+
+static void chain_add(hd_tchain_t *c, hd_tlink_t *l, size_t first) {
+  if (c->count >= c->n) chain_grow(c, first);
+  size_t s = mix(l->node, l->seq) & (c->n - 1);
+  l->next = c->b[s];
+  c->b[s] = l;
+  c->count++;
+}
+
+static hd_tlink_t *chain_unlink(hd_tchain_t *c, hd_tlink_t **pp) {
+  hd_tlink_t *l = *pp;
+  *pp = l->next;
+  c->count--;
+  return l;
+}
+
+/* ---- nodes ---------------------------------------------------------------- */
+
 static hd_tnode_t *node_get(hd_table_t *t, uint64_t node, bool create) {
-  if (t->last && t->last->node == node) return t->last;
-  if (t->node_buckets)
-    for (hd_tnode_t *tn = t->nodes[mix(node, 0) & (t->node_buckets - 1)]; tn; tn = tn->hnext)
-      if (tn->node == node) return t->last = tn;
+  if (t->last && t->last->link.node == node) return t->last;
+  hd_tlink_t **pp = chain_find(&t->nodes, node, 0);
+  if (pp) return t->last = (hd_tnode_t *)*pp;
   if (!create) return NULL;
-  if (t->nnodes >= t->node_buckets) nodes_grow(t);
   hd_tnode_t *tn = hd_xcalloc(1, sizeof *tn);
-  tn->node = node;
+  tn->link.node = node;
   tn->maxseq_ix = tn->hwm_ix = -1;
-  size_t s = mix(node, 0) & (t->node_buckets - 1);
-  tn->hnext = t->nodes[s];
-  t->nodes[s] = tn;
-  t->nnodes++;
+  chain_add(&t->nodes, &tn->link, 16);
   return t->last = tn;
 }
 
@@ -123,39 +142,18 @@ static void ring_clear_slot(hd_tnode_t *tn, slot_t *s) {
   }
 }
 
-/* ---- the hash of puts that fit no ring --------------------------------------- */
+/* ---- the puts that fit no ring ------------------------------------------------- */
 
-static void xgrow(hd_table_t *t) {
-  size_t n = t->xbuckets ? t->xbuckets * 2 : 1024;
-  hd_xput_t **b = hd_xcalloc(n, sizeof *b);
-  for (size_t i = 0; i < t->xbuckets; i++)
-    for (hd_xput_t *x = t->xb[i], *next; x; x = next) {
-      next = x->hnext;
-      size_t s = mix(x->p.node, x->p.seq) & (n - 1);
-      x->hnext = b[s];
-      b[s] = x;
-    }
-  free(t->xb);
-  t->xb = b;
-  t->xbuckets = n;
-}
-
-static hd_xput_t **xfind(const hd_table_t *t, uint64_t node, uint64_t seq) {
-  if (!t->xcount) return NULL;
-  hd_xput_t **pp = &t->xb[mix(node, seq) & (t->xbuckets - 1)];
-  for (; *pp; pp = &(*pp)->hnext)
-    if ((*pp)->p.node == node && (*pp)->p.seq == seq) return pp;
-  return NULL;
+static xput_t *xfind(const hd_table_t *t, uint64_t node, uint64_t seq) {
+  hd_tlink_t **pp = chain_find(&t->xputs, node, seq);
+  return pp ? (xput_t *)*pp : NULL;
 }
 
 static void xput(hd_table_t *t, const hd_pend_t *p) {
-  if (t->xcount >= t->xbuckets) xgrow(t);
-  hd_xput_t *x = hd_obj_alloc(sizeof *x);
+  xput_t *x = hd_obj_alloc(sizeof *x);
+  x->link = (hd_tlink_t){NULL, p->node, p->seq};
   x->p = *p;
-  size_t s = mix(p->node, p->seq) & (t->xbuckets - 1);
-  x->hnext = t->xb[s];
-  t->xb[s] = x;
-  t->xcount++;
+  chain_add(&t->xputs, &x->link, 1024);
 }
 
 /* ---- operations ------------------------------------------------------------ */
@@ -189,10 +187,10 @@ void hd_table_put(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t flags,
     *s = (slot_t){hd_msg_ref(msg), flags, delivery_count};
     return;
   }
-  hd_xput_t **xp = xfind(t, node, seq);
-  if (xp) {
-    hd_msg_unref((*xp)->p.msg);
-    (*xp)->p = (hd_pend_t){node, seq, flags, delivery_count, hd_msg_ref(msg)};
+  xput_t *x = xfind(t, node, seq);
+  if (x) {
+    hd_msg_unref(x->p.msg);
+    x->p = (hd_pend_t){node, seq, flags, delivery_count, hd_msg_ref(msg)};
     return;
   }
   t->count++;
@@ -212,14 +210,12 @@ void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq) {
     t->count--;
     return;
   }
-  hd_xput_t **xp = xfind(t, node, seq);
-  if (!xp) {
+  hd_tlink_t **pp = chain_find(&t->xputs, node, seq);
+  if (!pp) {
     *push(&t->dels) = (hd_keyop_t){node, seq, 0};
     return;
   }
-  hd_xput_t *x = *xp;
-  *xp = x->hnext;
-  t->xcount--;
+  xput_t *x = (xput_t *)chain_unlink(&t->xputs, pp);
   t->count--;
   hd_msg_unref(x->p.msg);
   hd_obj_free(x, sizeof *x);
@@ -228,11 +224,11 @@ void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq) {
 void hd_table_update(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count) {
   hd_tnode_t *tn = node_get(t, node, false);
   slot_t *s = tn ? slot_at(tn, seq) : NULL;
-  hd_xput_t **xp;
+  xput_t *x;
   if (s && s->msg)
     s->delivery_count = delivery_count;
-  else if ((xp = xfind(t, node, seq)))
-    (*xp)->p.delivery_count = delivery_count;
+  else if ((x = xfind(t, node, seq)))
+    x->p.delivery_count = delivery_count;
   else
     *push(&t->updates) = (hd_keyop_t){node, seq, delivery_count};
 }
@@ -271,7 +267,7 @@ int hd_table_empty(const hd_table_t *t) {
 
 static int by_node(const void *a, const void *b) {
   const hd_tnode_t *x = *(hd_tnode_t *const *)a, *y = *(hd_tnode_t *const *)b;
-  return x->node < y->node ? -1 : x->node > y->node;
+  return x->link.node < y->link.node ? -1 : x->link.node > y->link.node;
 }
 
 static int by_key(const void *a, const void *b) {
@@ -282,24 +278,25 @@ static int by_key(const void *a, const void *b) {
 
 hd_pend_t *hd_table_sorted(const hd_table_t *t, size_t *n) {
   hd_pend_t *v = hd_xmalloc((t->count ? t->count : 1) * sizeof *v);
-  hd_tnode_t **ns = hd_xmalloc((t->nnodes ? t->nnodes : 1) * sizeof *ns);
+  hd_tnode_t **ns = hd_xmalloc((t->nodes.count ? t->nodes.count : 1) * sizeof *ns);
   size_t k = 0, m = 0;
-  for (size_t i = 0; i < t->node_buckets; i++)
-    for (hd_tnode_t *tn = t->nodes[i]; tn; tn = tn->hnext)
-      ns[k++] = tn;
+  for (size_t i = 0; i < t->nodes.n; i++)
+    for (hd_tlink_t *l = t->nodes.b[i]; l; l = l->next)
+      ns[k++] = (hd_tnode_t *)l;
   qsort(ns, k, sizeof *ns, by_node);
   /* Rings are in seq order already; only the hash's puts need a sort. */
   for (size_t i = 0; i < k; i++)
     for (size_t j = 0; j < ns[i]->span; j++) {
       const slot_t *s = &ns[i]->ring[(ns[i]->head + j) & (ns[i]->cap - 1)];
       if (s->msg)
-        v[m++] = (hd_pend_t){ns[i]->node, ns[i]->base + j, s->flags, s->delivery_count, s->msg};
+        v[m++] =
+            (hd_pend_t){ns[i]->link.node, ns[i]->base + j, s->flags, s->delivery_count, s->msg};
     }
   free(ns);
-  if (t->xcount) {
-    for (size_t i = 0; i < t->xbuckets; i++)
-      for (hd_xput_t *x = t->xb[i]; x; x = x->hnext)
-        v[m++] = x->p;
+  if (t->xputs.count) {
+    for (size_t i = 0; i < t->xputs.n; i++)
+      for (hd_tlink_t *l = t->xputs.b[i]; l; l = l->next)
+        v[m++] = ((xput_t *)l)->p;
     qsort(v, m, sizeof *v, by_key);
   }
   *n = m;
@@ -307,33 +304,32 @@ hd_pend_t *hd_table_sorted(const hd_table_t *t, size_t *n) {
 }
 
 size_t hd_table_live(const hd_table_t *t, uint64_t node) {
-  size_t n = 0;
-  if (t->node_buckets)
-    for (hd_tnode_t *tn = t->nodes[mix(node, 0) & (t->node_buckets - 1)]; tn; tn = tn->hnext)
-      if (tn->node == node) n = tn->live;
-  for (size_t i = 0; i < t->xbuckets; i++)
-    for (hd_xput_t *x = t->xb[i]; x; x = x->hnext)
-      n += x->p.node == node;
+  hd_tlink_t **pp = chain_find(&t->nodes, node, 0);
+  size_t n = pp ? ((hd_tnode_t *)*pp)->live : 0;
+  for (size_t i = 0; i < t->xputs.n; i++)
+    for (hd_tlink_t *l = t->xputs.b[i]; l; l = l->next)
+      n += l->node == node;
   return n;
 }
 
 void hd_table_clear(hd_table_t *t) {
-  for (size_t i = 0; i < t->node_buckets; i++)
-    for (hd_tnode_t *tn = t->nodes[i], *next; tn; tn = next) {
-      next = tn->hnext;
+  for (size_t i = 0; i < t->nodes.n; i++)
+    for (hd_tlink_t *l = t->nodes.b[i], *next; l; l = next) {
+      next = l->next;
+      hd_tnode_t *tn = (hd_tnode_t *)l;
       for (size_t j = 0; j < tn->span; j++)
         hd_msg_unref(tn->ring[(tn->head + j) & (tn->cap - 1)].msg);
       free(tn->ring);
       free(tn);
     }
-  for (size_t i = 0; i < t->xbuckets; i++)
-    for (hd_xput_t *x = t->xb[i], *next; x; x = next) {
-      next = x->hnext;
-      hd_msg_unref(x->p.msg);
-      hd_obj_free(x, sizeof *x);
+  for (size_t i = 0; i < t->xputs.n; i++)
+    for (hd_tlink_t *l = t->xputs.b[i], *next; l; l = next) {
+      next = l->next;
+      hd_msg_unref(((xput_t *)l)->p.msg);
+      hd_obj_free(l, sizeof(xput_t));
     }
-  free(t->nodes);
-  free(t->xb);
+  free(t->nodes.b);
+  free(t->xputs.b);
   free(t->dels.v);
   free(t->updates.v);
   free(t->hwms.v);

@@ -38,15 +38,23 @@ typedef struct hd_keyops {
 } hd_keyops_t;
 
 typedef struct hd_tnode hd_tnode_t;
-typedef struct hd_xput hd_xput_t;
+
+/* A chained hash keyed by (node, seq); its elements start with a link. */
+typedef struct hd_tlink {
+  struct hd_tlink *next;
+  uint64_t node, seq;
+} hd_tlink_t;
+
+typedef struct hd_tchain {
+  hd_tlink_t **b;
+  size_t n, count; /* buckets (a power of two), elements */
+} hd_tchain_t;
 
 typedef struct hd_table {
-  size_t count;       /* live puts, rings and hash together */
-  hd_tnode_t **nodes; /* hash of per-node state, by node id */
-  size_t nnodes, node_buckets;
-  hd_tnode_t *last; /* the node the previous operation found */
-  hd_xput_t **xb;   /* puts that did not fit their node's ring */
-  size_t xcount, xbuckets;
+  size_t count;        /* live puts, rings and hash together */
+  hd_tchain_t nodes;   /* per-node state, by node id (seq 0) */
+  hd_tnode_t *last;    /* the node the previous operation found */
+  hd_tchain_t xputs;   /* puts that did not fit their node's ring */
   hd_keyops_t dels;    /* of messages already in LMDB */
   hd_keyops_t updates; /* delivery counts of messages already in LMDB */
   hd_keyops_t hwms;    /* one per node: the latest mark */

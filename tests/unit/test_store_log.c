@@ -341,7 +341,7 @@ static void t_table_rings(void **state) {
     }
     hd_table_put(&t, node, seq, 0, 0, m);
     model[nmodel++] = (model_ent_t){node, seq, 0, m};
-    if (t.xcount > max_hashed) max_hashed = t.xcount;
+    if (t.xputs.count > max_hashed) max_hashed = t.xputs.count;
     if (step % 5000 == 0) model_check(&t);
   }
   model_check(&t);
