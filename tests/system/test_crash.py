@@ -166,7 +166,7 @@ class CrashTest(unittest.TestCase):
         backlog is only on disk, so kills land while messages are written
         to LMDB and read back from it, and redelivery marks cover messages
         that were read back.  (3,000 sends a round, 6 MB; the backlog grows
-        from round to round, about 14,000 messages at the end.)"""
+        from round to round, to between 3,000 and 18,000 messages.)"""
         self.rounds("crash-paging", "max-deliveries = 0\nqueue-memory = 1M\n", body=2048, per_round=3000)
 
     def rounds(self, name, conf, body=256, per_round=PER_ROUND):
