@@ -274,7 +274,6 @@ typedef struct load {
   size_t max_count, max_bytes; /* one depage read */
   uint64_t last_seq;
   bool stop_at_budget;         /* start-up: fill memory up to the budget */
-  bool persist_bump;           /* start-up: write the raised delivery counts */
   bool startup;                /* non-durable records are from a previous run */
   uint64_t bumped_max;         /* highest seq whose raised count was written */
   int err;
@@ -317,10 +316,8 @@ static int load_one(const hd_store_rec_t *r, void *arg) {
   if (r->seq <= l->hwm) { /* may have been delivered before the crash */
     e->delivery_count++;
     e->flags |= HD_ENT_DELIVERED;
-    if (l->persist_bump) {
-      hd_queue_store_update(l->q, e);
-      l->bumped_max = r->seq;
-    }
+    hd_queue_store_update(l->q, e); /* written, and the message held until it is (hold_bumped_locked) */
+    l->bumped_max = r->seq;
   }
   if (l->tail) l->tail->next = e; else l->head = e;
   l->tail = e;
@@ -330,7 +327,7 @@ static int load_one(const hd_store_rec_t *r, void *arg) {
 }
 
 static void bumps_done(void *arg, int rc) {
-  (void)rc; /* a failed commit is retried before a barrier completes */
+  (void)rc; /* failed commits are retried before a barrier completes; rc != 0 only at close */
   hd_queue_t *q = arg;
   pthread_mutex_lock(&q->lock);
   if (--q->bumps_pending == 0) q->bump_max_seq = 0;
@@ -364,7 +361,7 @@ void hd_queue_depage(hd_queue_t *q) {
   pthread_mutex_unlock(&q->lock);
   if (!go) return;
   load_t l = {.q = q, .limit = limit, .hwm = q->hwm_recovered, .max_count = DEPAGE_BATCH,
-              .max_bytes = DEPAGE_BYTES, .persist_bump = true};
+              .max_bytes = DEPAGE_BYTES};
   long n = hd_store_scan(store, q->store_id, from, SIZE_MAX, load_one, &l);
   pthread_mutex_lock(&q->lock);
   insert_all(q, l.head);
@@ -449,7 +446,7 @@ static int recover_node(const hd_store_node_t *sn, void *arg) {
   q->store_id = sn->id;
   q->hwm_done = q->hwm_asked = q->hwm_recovered = sn->hwm;
   q->next_seq = (sn->max_seq > sn->hwm ? sn->max_seq : sn->hwm) + 1;
-  load_t l = {.q = q, .hwm = sn->hwm, .stop_at_budget = true, .persist_bump = true, .startup = true};
+  load_t l = {.q = q, .hwm = sn->hwm, .stop_at_budget = true, .startup = true};
   long got = hd_store_scan(store, q->store_id, 0, SIZE_MAX, load_one, &l);
   pthread_mutex_lock(&q->lock);
   insert_all(q, l.head);
