@@ -17,10 +17,10 @@
  * that consumers seldom wait).  After a crash, messages up to the mark come
  * back as redeliveries (delivery-count + 1, first-acquirer false).  The
  * raised count is written back before such a message is sent again, so that
- * a second crash raises it once more: at start-up a fresh mark does that
- * (its commit follows the counts'); while the old mark must stay (messages
- * below it still on disk), each read from disk that raises counts holds
- * those messages back until a barrier behind the counts' updates commits. */
+ * a second crash raises it once more: every read from disk that raises
+ * counts (start-up's included) holds those messages until a barrier behind
+ * the updates commits.  The old mark stays while messages below it are
+ * still on disk; once start-up has read them all, a fresh mark begins. */
 #include "config.h"
 
 #include <errno.h>

@@ -104,6 +104,12 @@ static slot_t *slot_at(const hd_tnode_t *tn, uint64_t seq) {
   return &tn->ring[(tn->head + (size_t)(seq - tn->base)) & (tn->cap - 1)];
 }
 
+/* The slot holding a live put at seq, or NULL (tn may be NULL). */
+static slot_t *live_at(const hd_tnode_t *tn, uint64_t seq) {
+  slot_t *s = tn ? slot_at(tn, seq) : NULL;
+  return s && s->msg ? s : NULL;
+}
+
 /* Slots outside the span are always zero, so growing needs no clearing. */
 static void ring_grow(hd_tnode_t *tn, size_t span) {
   size_t cap = tn->cap ? tn->cap : 256;
@@ -181,8 +187,8 @@ void hd_table_put(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t flags,
   hd_keyop_t *m = per_node(&t->maxseq, &tn->maxseq_ix, node);
   if (seq > m->seq) m->seq = seq;
   /* Not expected (seqs are not reused), but if it happens the later put wins. */
-  slot_t *s = slot_at(tn, seq);
-  if (s && s->msg) {
+  slot_t *s = live_at(tn, seq);
+  if (s) {
     hd_msg_unref(s->msg);
     *s = (slot_t){hd_msg_ref(msg), flags, delivery_count};
     return;
@@ -204,8 +210,8 @@ void hd_table_put(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t flags,
 
 void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq) {
   hd_tnode_t *tn = node_get(t, node, false);
-  slot_t *s = tn ? slot_at(tn, seq) : NULL;
-  if (s && s->msg) {
+  slot_t *s = live_at(tn, seq);
+  if (s) {
     ring_clear_slot(tn, s);
     t->count--;
     return;
@@ -222,10 +228,9 @@ void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq) {
 }
 
 void hd_table_update(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count) {
-  hd_tnode_t *tn = node_get(t, node, false);
-  slot_t *s = tn ? slot_at(tn, seq) : NULL;
+  slot_t *s = live_at(node_get(t, node, false), seq);
   xput_t *x;
-  if (s && s->msg)
+  if (s)
     s->delivery_count = delivery_count;
   else if ((x = xfind(t, node, seq)))
     x->p.delivery_count = delivery_count;
