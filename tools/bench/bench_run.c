@@ -78,6 +78,13 @@ static void *pacer(void *arg) {
   hb_run_t *r = arg;
   block_sigint();
   while (!atomic_load(&r->closing)) {
+    /* While it looks, every due time published is a kick: one published
+     * after its look at that connection would otherwise go unseen. */
+    pthread_mutex_lock(&r->pacer_lock);
+    r->pacer_kicked = false;
+    atomic_store(&r->pacer_wake_ns, HB_NO_LIMIT);
+    pthread_mutex_unlock(&r->pacer_lock);
+
     uint64_t now = hb_mono_ns(), next = now + PACER_MAX_NS;
     for (unsigned i = 0; i < r->nconns; i++) {
       hb_conn_t *c = &r->conns[i];
@@ -93,9 +100,26 @@ static void *pacer(void *arg) {
       }
     }
     if (next < now + PACER_MIN_NS) next = now + PACER_MIN_NS;
-    sleep_until(next);
+
+    atomic_store(&r->pacer_wake_ns, next);
+    struct timespec ts = {(time_t)(next / 1000000000u), (long)(next % 1000000000u)};
+    pthread_mutex_lock(&r->pacer_lock);
+    while (!r->pacer_kicked && !atomic_load(&r->closing))
+      if (pthread_cond_timedwait(&r->pacer_cond, &r->pacer_lock, &ts) == ETIMEDOUT) break;
+    pthread_mutex_unlock(&r->pacer_lock);
   }
   return NULL;
+}
+
+/* A due time later than the pacer's wake-up by less than its shortest
+ * sleep is not worth a kick: it would be woken for nothing. */
+void hb_pacer_note_due(hb_run_t *r, uint64_t due) {
+  uint64_t wake = atomic_load(&r->pacer_wake_ns);
+  if (due == HB_NO_LIMIT || (wake != HB_NO_LIMIT && due + PACER_MIN_NS >= wake)) return;
+  pthread_mutex_lock(&r->pacer_lock);
+  r->pacer_kicked = true;
+  pthread_cond_signal(&r->pacer_cond);
+  pthread_mutex_unlock(&r->pacer_lock);
 }
 
 /* ---- set-up ------------------------------------------------------------- */
@@ -313,6 +337,9 @@ static const char *control(hb_run_t *r, pthread_t *pacer_thread, bool *pacer_sta
 
 static void shut_down(hb_run_t *r) {
   atomic_store(&r->closing, true);
+  pthread_mutex_lock(&r->pacer_lock);
+  pthread_cond_signal(&r->pacer_cond);
+  pthread_mutex_unlock(&r->pacer_lock);
   wake_all(r, false);
   uint64_t deadline = hb_mono_ns() + CLOSE_WAIT_NS;
   while (atomic_load(&r->conns_open) > 0 && hb_mono_ns() < deadline)
@@ -397,6 +424,13 @@ int hb_run(const hb_opts_t *o, hb_result_t *res) {
   r->o = o;
   r->run_id = random_id();
   r->wall_minus_mono = (int64_t)(hb_wall_ns() - hb_mono_ns());
+  r->pacer_wake_ns = HB_NO_LIMIT;
+  pthread_mutex_init(&r->pacer_lock, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&r->pacer_cond, &ca);
+  pthread_condattr_destroy(&ca);
   r->proactor = pn_proactor();
   if (!r->proactor || make_conns(r)) {
     hb_result_error(res, "out of memory");
@@ -446,5 +480,7 @@ out:
   for (unsigned i = 0; i < r->nconns && r->conns; i++)
     hb_conn_free_main(&r->conns[i]);
   free(r->conns);
+  pthread_cond_destroy(&r->pacer_cond);
+  pthread_mutex_destroy(&r->pacer_lock);
   return res->nerrors ? 1 : 0;
 }

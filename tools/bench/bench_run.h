@@ -105,6 +105,16 @@ typedef struct hb_run {
   atomic_bool go, stop_sending, closing;
   atomic_bool failed; /* set by any connection's thread on an error */
   atomic_uint conns_open;
+
+  /* The pacer sleeps until the earliest due time the sending connections
+   * published.  A connection that publishes an earlier one (credit came
+   * back after it had none, and with it a due time where there was
+   * HB_NO_LIMIT) kicks it, or the messages due meanwhile would wait for
+   * the pacer's longest sleep: 10 ms of latency that is the client's. */
+  _Atomic uint64_t pacer_wake_ns; /* when it wakes; HB_NO_LIMIT while it looks */
+  pthread_mutex_t pacer_lock;
+  pthread_cond_t pacer_cond; /* on CLOCK_MONOTONIC */
+  bool pacer_kicked;         /* under pacer_lock */
 } hb_run_t;
 
 /* bench_conn.c */
@@ -123,7 +133,10 @@ void hb_send_outcome_ct(hb_link_t *l, pn_delivery_t *d);
 void hb_recv_setup_ct(hb_link_t *l);
 void hb_recv_delivery_ct(hb_link_t *l, pn_delivery_t *d);
 
-/* bench_run.c: runs to the end; the result is in the connections. */
+/* bench_run.c */
+void hb_pacer_note_due(hb_run_t *r, uint64_t due); /* any thread */
+
+/* Runs to the end; the result is in the connections. */
 typedef struct hb_result hb_result_t;
 int hb_run(const hb_opts_t *o, hb_result_t *res);
 

@@ -83,7 +83,10 @@ void hb_send_run_ct(hb_conn_t *c) {
     }
     check_finished_ct(l);
   }
-  if (paced) atomic_store(&c->next_due, next_due);
+  if (paced) {
+    atomic_store(&c->next_due, next_due);
+    hb_pacer_note_due(r, next_due);
+  }
   if (more) hb_conn_wake(c);
 }
 
