@@ -246,7 +246,7 @@ static hd_node_t *relay_target(hd_inlink_t *in, hd_msg_t *m, hd_refusal_t *ref) 
 static void route(hd_inlink_t *in, pn_delivery_t *d, hd_msg_t *m) {
   pn_link_t *l = in->base.pn;
   const char *why;
-  if (hd_msg_parse(m, hd_now_wall_ms(), &why) != 0) {
+  if (hd_msg_parse(m, HD_MSG_NOW, &why) != 0) {
     settle(l, d, PN_REJECTED, "amqp:decode-error", why);
     return;
   }

@@ -237,7 +237,7 @@ static int parse_header(hd_msg_t *m, hd_rd_t *r, uint64_t now_ms) {
     if (present) {
       m->ttl = (uint32_t)v;
       m->flags |= HD_MSG_HAS_TTL;
-      m->expiry_ms = now_ms + v;
+      m->expiry_ms = (now_ms == HD_MSG_NOW ? hd_now_wall_ms() : now_ms) + v;
     }
   }
   if (n > 3 && !hd_rd_bool(&l, &b, NULL)) return HD_EPROTO; /* first-acquirer: ours to set */

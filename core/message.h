@@ -41,7 +41,10 @@ typedef struct hd_msg {
  * is exhausted.  The caller fills buf and calls hd_msg_parse. */
 hd_msg_t *hd_msg_alloc(size_t len);
 /* Find the sections and read header/properties; 0 or HD_EPROTO with a reason
- * in why (static string).  now_ms (wall clock) anchors header.ttl. */
+ * in why (static string).  now_ms (wall clock) anchors header.ttl;
+ * HD_MSG_NOW reads the clock, only when the message has a ttl (most have
+ * none, and a clock read per message was 1% of a broker's CPU). */
+#define HD_MSG_NOW UINT64_MAX
 int hd_msg_parse(hd_msg_t *m, uint64_t now_ms, const char **why);
 
 static inline hd_msg_t *hd_msg_ref(hd_msg_t *m) {

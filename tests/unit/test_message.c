@@ -15,6 +15,7 @@
 #include "codec.h"
 #include "hadron/module.h"
 #include "message.h"
+#include "util.h"
 
 #define NOW 1000000u
 
@@ -222,7 +223,7 @@ static void t_parse_header_nulls(void **state) {
   hd_wr_free(&w);
 }
 
-static uint64_t expiry_of(int64_t ttl, uint64_t abs_expiry) {
+static uint64_t expiry_at(uint64_t now, int64_t ttl, uint64_t abs_expiry) {
   hd_wr_t w;
   hd_wr_init(&w, NULL, 0);
   if (ttl >= 0) w_header(&w, false, -1, ttl, 0);
@@ -230,7 +231,7 @@ static uint64_t expiry_of(int64_t ttl, uint64_t abs_expiry) {
   w_value(&w, "b");
   int rc;
   const char *why;
-  hd_msg_t *m = parse(w.buf, w.len, NOW, &rc, &why);
+  hd_msg_t *m = parse(w.buf, w.len, now, &rc, &why);
   assert_int_equal(rc, 0);
   uint64_t e = m->expiry_ms;
   hd_msg_unref(m);
@@ -238,10 +239,19 @@ static uint64_t expiry_of(int64_t ttl, uint64_t abs_expiry) {
   return e;
 }
 
+static uint64_t expiry_of(int64_t ttl, uint64_t abs_expiry) { return expiry_at(NOW, ttl, abs_expiry); }
+
 /* ttl anchors on now; absolute-expiry-time applies alone, and when both are
- * given the earlier one wins. */
+ * given the earlier one wins.  HD_MSG_NOW anchors a ttl on the clock read
+ * during the parse. */
 static void t_parse_expiry(void **state) {
   (void)state;
+  uint64_t before = hd_now_wall_ms();
+  uint64_t e = expiry_at(HD_MSG_NOW, 10000, 0);
+  uint64_t after = hd_now_wall_ms();
+  assert_in_range(e, before + 10000, after + 10000);
+  assert_int_equal(expiry_at(HD_MSG_NOW, -1, 0), 0);
+  assert_int_equal(expiry_at(HD_MSG_NOW, -1, NOW + 3000), NOW + 3000);
   assert_int_equal(expiry_of(10000, 0), NOW + 10000);
   assert_int_equal(expiry_of(-1, NOW + 3000), NOW + 3000);
   assert_int_equal(expiry_of(10000, NOW + 3000), NOW + 3000);  /* absolute earlier */
