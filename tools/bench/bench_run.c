@@ -111,15 +111,19 @@ static void *pacer(void *arg) {
   return NULL;
 }
 
+static void pacer_kick(hb_run_t *r) {
+  pthread_mutex_lock(&r->pacer_lock);
+  r->pacer_kicked = true;
+  pthread_cond_signal(&r->pacer_cond);
+  pthread_mutex_unlock(&r->pacer_lock);
+}
+
 /* A due time later than the pacer's wake-up by less than its shortest
  * sleep is not worth a kick: it would be woken for nothing. */
 void hb_pacer_note_due(hb_run_t *r, uint64_t due) {
   uint64_t wake = atomic_load(&r->pacer_wake_ns);
   if (due == HB_NO_LIMIT || (wake != HB_NO_LIMIT && due + PACER_MIN_NS >= wake)) return;
-  pthread_mutex_lock(&r->pacer_lock);
-  r->pacer_kicked = true;
-  pthread_cond_signal(&r->pacer_cond);
-  pthread_mutex_unlock(&r->pacer_lock);
+  pacer_kick(r);
 }
 
 /* ---- set-up ------------------------------------------------------------- */
@@ -337,9 +341,7 @@ static const char *control(hb_run_t *r, pthread_t *pacer_thread, bool *pacer_sta
 
 static void shut_down(hb_run_t *r) {
   atomic_store(&r->closing, true);
-  pthread_mutex_lock(&r->pacer_lock);
-  pthread_cond_signal(&r->pacer_cond);
-  pthread_mutex_unlock(&r->pacer_lock);
+  pacer_kick(r);
   wake_all(r, false);
   uint64_t deadline = hb_mono_ns() + CLOSE_WAIT_NS;
   while (atomic_load(&r->conns_open) > 0 && hb_mono_ns() < deadline)
