@@ -55,16 +55,19 @@ struct hd_store {
   _Atomic uint64_t next_node;
   atomic_bool full;      /* free space below the reserve */
   uint64_t space_budget; /* bytes writable before measuring again (writer) */
-  _Atomic uint64_t commits, ops, syncs, failed, grows, log_batches, checkpoints;
+  _Atomic uint64_t commits, ops, syncs, failed, grows, log_batches, checkpoints, log_switches, ckpt_puts;
   /* The log in front of LMDB (store_log.h) and what it holds that LMDB
-   * does not yet (store_table.h); the writer's, after start-up. */
+   * does not yet (store_table.h): one table per log file, what the
+   * operations in that file left; the writer's, after start-up. */
   hd_slog_t log;
   bool log_open; /* for a failed open's clean-up: a store that opened has its log */
   bool log_usable; /* the disk has room for it (log_room) */
+  bool log_broken; /* a write to it failed: start it again before using it */
   uint32_t room_looks;
-  hd_table_t table;
+  hd_table_t tables[HD_SLOG_FILES];
   uint64_t log_lsn; /* LMDB's "log-lsn": where the log starts since the last checkpoint */
-  uint64_t format;  /* on disk; a checkpoint raises 1 to HD_STORE_FORMAT */
+  int log_file;     /* LMDB's "log-file": the file it starts in */
+  uint64_t format;  /* on disk; a checkpoint raises 1 and 2 to HD_STORE_FORMAT */
 };
 
 static const char *lmdb_err(int rc) { return rc == ENOSPC ? "no space left on the device" : mdb_strerror(rc); }
@@ -151,6 +154,7 @@ static int create_new(hd_store_t *s, char *err, size_t errlen) {
   if (!rc) rc = meta_put64(txn, s->meta, "format", HD_STORE_FORMAT);
   if (!rc) rc = meta_put64(txn, s->meta, "next-node", 1);
   if (!rc) rc = meta_put64(txn, s->meta, "log-lsn", 1);
+  if (!rc) rc = meta_put64(txn, s->meta, "log-file", 0);
   if (rc) {
     mdb_txn_abort(txn);
     return refuse(err, errlen, s->dir, "cannot initialise: %s", lmdb_err(rc));
@@ -191,16 +195,19 @@ static int check_existing(hd_store_t *s, char *err, size_t errlen) {
     return refuse(err, errlen, s->dir, "is corrupt (%s); move it away to start empty, or restore a backup",
                   lmdb_err(rc));
   }
-  uint64_t format = 0, next = 0, lsn = 1;
+  uint64_t format = 0, next = 0, lsn = 1, file = 0;
   if (!rc) rc = meta_get64(txn, s->meta, "format", &format);
   if (!rc) rc = meta_get64(txn, s->meta, "next-node", &next);
-  /* Format 2 is format 1 plus the log (store_log.h); the records are the
-   * same.  A format-1 store has never had a log: it starts at LSN 1, and
-   * the first checkpoint writes format 2, after which hadrond builds that
-   * read format 1 only refuse it rather than miss what a log holds. */
-  if (!rc && format == HD_STORE_FORMAT) {
+  /* Format 2 is format 1 plus the log (store_log.h), format 3 the log in
+   * two files; the records are the same.  A format-1 store has never had a
+   * log: it starts at LSN 1.  A format-2 store is a format-3 one whose log
+   * starts in file 0 and never reached the second file.  The first
+   * checkpoint writes format 3, after which older builds refuse the store
+   * rather than miss what its log holds. */
+  if (!rc && format >= 2 && format <= HD_STORE_FORMAT) {
     rc = meta_get64(txn, s->meta, "log-lsn", &lsn);
     if (rc == MDB_NOTFOUND) rc = 0, lsn = 1;
+    if (!rc && (rc = meta_get64(txn, s->meta, "log-file", &file)) == MDB_NOTFOUND) rc = 0, file = 0;
   }
   /* Commit, not abort: database handles opened in an aborted transaction
    * are closed with it. */
@@ -211,13 +218,17 @@ static int check_existing(hd_store_t *s, char *err, size_t errlen) {
   if (rc)
     return refuse(err, errlen, s->dir, "its format record is missing or damaged (%s); it was not written by hadrond, or is corrupt",
                   lmdb_err(rc));
-  if (format != HD_STORE_FORMAT && format != 1)
+  if (format < 1 || format > HD_STORE_FORMAT)
     return refuse(err, errlen, s->dir,
-                  "has format %" PRIu64 ", this hadrond reads formats 1 and %d only; run the hadrond that "
+                  "has format %" PRIu64 ", this hadrond reads formats 1 to %d only; run the hadrond that "
                   "wrote it, or start with another data-dir (nothing was changed)",
                   format, HD_STORE_FORMAT);
+  if (file >= HD_SLOG_FILES)
+    return refuse(err, errlen, s->dir, "its meta record log-file is %" PRIu64 " (0 or 1 expected): corrupt, "
+                  "or not written by hadrond; restore the data-dir from a backup", file);
   atomic_store(&s->next_node, next);
   s->log_lsn = lsn;
+  s->log_file = (int)file;
   s->format = format;
   return 0;
 }
@@ -290,6 +301,8 @@ void hd_store_get_stats(hd_store_t *s, hd_store_stats_t *o) {
   o->map_grows = atomic_load(&s->grows);
   o->log_batches = atomic_load(&s->log_batches);
   o->checkpoints = atomic_load(&s->checkpoints);
+  o->log_switches = atomic_load(&s->log_switches);
+  o->ckpt_puts = atomic_load(&s->ckpt_puts);
   o->map_size = s->map_size;
 }
 
@@ -778,22 +791,30 @@ static void grow_map(hd_store_t *s) {
 
 /* ---- the log (store_log.h) ------------------------------------------------------ */
 
-/* A checkpoint writes what the table holds to LMDB in transactions of at
+/* A checkpoint writes what a table holds to LMDB in transactions of at
  * most CHECKPOINT_BYTES of records: LMDB keeps a transaction's dirty pages
  * in heap memory until it commits, and a log's worth at once would double
- * the broker's memory.  Only the last transaction moves "log-lsn" past the
- * log.  A crash in between is harmless: the next start replays the same log
- * and writes the same records again (a put over an existing record is an
- * overwrite and counted once; a delete of a missing one does nothing). */
+ * the broker's memory.  Only the last transaction moves "log-lsn" past
+ * what was moved.  A crash in between is harmless: the next start replays
+ * the same log and writes the same records again (a put over an existing
+ * record is an overwrite and counted once; a delete of a missing one does
+ * nothing). */
 #define CHECKPOINT_BYTES (8u << 20)
 
 typedef struct ckpt_pos {
   size_t put, upd, del;
 } ckpt_pos_t;
 
-static int checkpoint_step(hd_store_t *s, const hd_pend_t *v, size_t n, ckpt_pos_t *pos, bool *finished) {
+/* Where the log starts once a checkpoint is complete (lsn 0: the
+ * checkpoint of the older file that comes before one of the newer). */
+typedef struct log_start {
+  uint64_t lsn;
+  int file;
+} log_start_t;
+
+static int checkpoint_step(hd_store_t *s, const hd_table_t *tb, const hd_pend_t *v, size_t n, ckpt_pos_t *pos,
+                           log_start_t start, bool *finished) {
   batch_t b = {0};
-  hd_table_t *tb = &s->table;
   ckpt_pos_t p = *pos;
   size_t used = 0;
   wtxn_t t = {NULL, mdb_txn_begin(s->env, NULL, 0, &t.txn), NULL};
@@ -819,7 +840,8 @@ static int checkpoint_step(hd_store_t *s, const hd_pend_t *v, size_t n, ckpt_pos
   if (last) {
     for (size_t i = 0; i < tb->hwms.n && !t.rc; i++) put_hwm(s, &t, tb->hwms.v[i].node, tb->hwms.v[i].seq);
     /* The highest seq of every node that had puts, even ones deleted
-     * since: a restart must not hand out their seqs again. */
+     * since: a restart must not hand out their seqs again (once this
+     * file is overwritten, nothing else remembers them). */
     for (size_t i = 0; i < tb->maxseq.n; i++) {
       stat_delta_t *sd = delta(&b, tb->maxseq.v[i].node);
       if (!sd)
@@ -830,55 +852,89 @@ static int checkpoint_step(hd_store_t *s, const hd_pend_t *v, size_t n, ckpt_pos
   }
   if (t.del) mdb_cursor_close(t.del);
   apply_stats(s, &t, &b);
-  if (last && !t.rc) t.rc = meta_put64(t.txn, s->meta, "log-lsn", s->log.next_lsn);
-  if (last && !t.rc && s->format != HD_STORE_FORMAT) t.rc = meta_put64(t.txn, s->meta, "format", HD_STORE_FORMAT);
+  bool meta = last && start.lsn;
+  if (meta && !t.rc) t.rc = meta_put64(t.txn, s->meta, "log-lsn", start.lsn);
+  if (meta && !t.rc) t.rc = meta_put64(t.txn, s->meta, "log-file", (uint64_t)start.file);
+  if (meta && !t.rc && s->format != HD_STORE_FORMAT) t.rc = meta_put64(t.txn, s->meta, "format", HD_STORE_FORMAT);
   if (t.rc) {
     mdb_txn_abort(t.txn);
     return t.rc;
   }
   if ((t.rc = mdb_txn_commit(t.txn))) return t.rc;
+  atomic_fetch_add(&s->ckpt_puts, p.put - pos->put);
   *pos = p;
   *finished = last;
-  if (last && s->format != HD_STORE_FORMAT) {
-    HD_LOG(HD_LOG_NOTICE, "core", "store '%s', upgraded from format %" PRIu64 " to %d (adds the store log)",
+  if (meta && s->format != HD_STORE_FORMAT) {
+    HD_LOG(HD_LOG_NOTICE, "core", "store '%s', upgraded from format %" PRIu64 " to %d (the log in two files)",
            s->dir, s->format, HD_STORE_FORMAT);
     s->format = HD_STORE_FORMAT;
   }
   return 0;
 }
 
-/* Is there room on the filesystem to keep using the log?  A checkpoint
- * needs up to a log's worth of space in LMDB, so the log is used only while
- * the disk has several logs' worth above the reserve; otherwise every
- * commit goes to LMDB as it would without a log. */
-static bool log_room(hd_store_t *s) {
-  struct statvfs fs;
-  if (!s->opts.log_size || statvfs(s->dir, &fs) != 0) return false;
-  return (uint64_t)fs.f_bavail * fs.f_frsize >= s->opts.reserve + 4 * s->opts.log_size;
-}
-
-/* Move what the log holds into LMDB and start the log again. */
-static int checkpoint(hd_store_t *s, bool force) {
-  if (!force && s->log.off == 0 && hd_table_empty(&s->table)) return 0;
+/* Write one table to LMDB (its messages stay the table's until it is
+ * cleared). */
+static int move_table(hd_store_t *s, const hd_table_t *tb, log_start_t start) {
   size_t n;
-  hd_pend_t *v = hd_table_sorted(&s->table, &n);
+  hd_pend_t *v = hd_table_sorted(tb, &n);
   ckpt_pos_t pos = {0, 0, 0};
   bool finished = false;
   int rc = 0;
   while (!finished && (!rc || rc == MDB_MAP_FULL)) {
     if (rc == MDB_MAP_FULL) grow_map(s);
-    rc = checkpoint_step(s, v, n, &pos, &finished);
+    rc = checkpoint_step(s, tb, v, n, &pos, start, &finished);
   }
   free(v);
+  /* With store-flush = interval those commits were not flushed, and the
+   * log that holds the same is about to be overwritten. */
+  if (!rc && start.lsn && s->opts.flush_interval) rc = mdb_env_sync(s->env, 1);
+  return rc;
+}
+
+/* Is there room on the filesystem to keep using the log?  A checkpoint
+ * needs up to two files' worth of space in LMDB, so the log is used only
+ * while the disk has several files' worth above the reserve; otherwise
+ * every commit goes to LMDB as it would without a log. */
+static bool log_room(hd_store_t *s) {
+  struct statvfs fs;
+  if (!s->opts.log_size || statvfs(s->dir, &fs) != 0) return false;
+  return (uint64_t)fs.f_bavail * fs.f_frsize >= s->opts.reserve + 6 * s->opts.log_size;
+}
+
+/* Move what both files hold into LMDB and start the log again, in the
+ * file being written: everything is in LMDB after this (needed before a
+ * commit goes to LMDB directly, which must not overtake the log). */
+static int checkpoint(hd_store_t *s, bool force) {
+  hd_table_t *cur = &s->tables[s->log.cur], *older = &s->tables[1 - s->log.cur];
+  if (!force && !s->log_broken && s->log.next_lsn == s->log_lsn && hd_table_empty(cur) && hd_table_empty(older))
+    return 0;
+  int rc = move_table(s, older, (log_start_t){0, 0});
+  if (!rc) rc = move_table(s, cur, (log_start_t){s->log.next_lsn, s->log.cur});
   if (rc) return rc;
-  /* With store-flush = interval that commit was not flushed, and the log
-   * that holds the same is about to be overwritten. */
-  if (s->opts.flush_interval && (rc = mdb_env_sync(s->env, 1))) return rc;
   s->log_lsn = s->log.next_lsn;
-  hd_table_clear(&s->table);
-  hd_slog_restart(&s->log, s->log_lsn);
+  s->log_file = s->log.cur;
+  s->log_broken = false;
+  hd_table_clear(older);
+  hd_table_clear(cur);
+  hd_slog_restart(&s->log, s->log.cur, s->log_lsn);
   s->log_usable = log_room(s);
   atomic_fetch_add(&s->checkpoints, 1);
+  return 0;
+}
+
+/* The file being written is full: move what the other file's operations
+ * left into LMDB (LMDB's log then starts with the full file), and go on
+ * in the other file from its start. */
+static int switch_files(hd_store_t *s) {
+  int full = s->log.cur, rc;
+  if ((rc = move_table(s, &s->tables[1 - full], (log_start_t){s->log.first_lsn, full}))) return rc;
+  s->log_lsn = s->log.first_lsn;
+  s->log_file = full;
+  hd_table_clear(&s->tables[1 - full]);
+  if ((rc = hd_slog_switch(&s->log))) return -rc;
+  s->log_usable = log_room(s);
+  atomic_fetch_add(&s->checkpoints, 1);
+  atomic_fetch_add(&s->log_switches, 1);
   return 0;
 }
 
@@ -901,8 +957,8 @@ static bool to_log_op(const hd_store_op_t *op, hd_slog_op_t *lo) {
   }
 }
 
-/* Append the batch to the log and record it in the table.  *done false:
- * it did not fit even in an empty log; it must go to LMDB. */
+/* Append the batch to the log and record it in the tables.  *done false:
+ * it did not fit even in an empty file; it must go to LMDB. */
 static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
   *done = false;
   hd_slog_begin(&s->log);
@@ -916,17 +972,27 @@ static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
   }
   uint64_t spare = s->opts.reserve + s->opts.log_size;
   if (!hd_slog_fits(&s->log, spare)) {
-    int rc = checkpoint(s, false);
+    /* A file that holds nothing yet cannot take it either: to LMDB. */
+    if (s->log.off == 0) return 0;
+    int rc = switch_files(s);
     if (rc) return rc;
     if (!s->log_usable || !hd_slog_fits(&s->log, spare)) return 0;
   }
   int rc = hd_slog_write(&s->log, s->opts.flush_interval);
-  if (rc) return -rc;
+  if (rc) {
+    /* The batch may be on disk in part or whole with this LSN: it is never
+     * used again, and the log starts again (at the next commit) after a
+     * checkpoint, so that no replay reads it. */
+    s->log.next_lsn++;
+    s->log_broken = true;
+    return -rc;
+  }
   atomic_fetch_add(&s->log_batches, 1);
+  hd_table_t *cur = &s->tables[s->log.cur], *older = &s->tables[1 - s->log.cur];
   for (hd_store_op_t *op = b->head; op; op = op->next) {
     op->rc = 0;
     op->in_tree = false;
-    if (to_log_op(op, &lo)) hd_table_apply(&s->table, &lo, op->msg); /* a reference, not a copy */
+    if (to_log_op(op, &lo)) hd_table_apply(cur, older, &lo, op->msg); /* a reference, not a copy */
   }
   *done = true;
   return 0;
@@ -937,22 +1003,24 @@ static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
 static int commit_batch(hd_store_t *s, batch_t *b) {
   check_batch_space(s, b);
   int rc;
+  if (s->log_broken && (rc = checkpoint(s, true))) return rc;
   if (s->log_usable && !b->tree_only && !atomic_load(&s->full) && !(s->opts.may_page && s->opts.may_page())) {
     bool done;
     if ((rc = log_batch(s, b, &done)) || done) return rc;
-  } else if ((rc = checkpoint(s, false))) {
-    return rc;
   } else if (!s->log_usable && s->opts.log_size && ++s->room_looks % 256 == 0) {
     s->log_usable = log_room(s); /* space may have come back */
   }
+  if ((rc = checkpoint(s, false))) return rc;
   while ((rc = apply_batch(s, b)) == MDB_MAP_FULL) grow_map(s);
   return rc;
 }
 
 /* ---- start-up: what the log holds goes to LMDB -------------------------------- */
 
+/* Both files replay into one table: the checkpoint after the replay moves
+ * it all. */
 static int replay_one(const hd_slog_op_t *op, void *arg) {
-  return hd_table_apply(&((hd_store_t *)arg)->table, op, NULL);
+  return hd_table_apply(&((hd_store_t *)arg)->tables[0], NULL, op, NULL);
 }
 
 static int open_log(hd_store_t *s, char *err, size_t errlen) {
@@ -960,18 +1028,19 @@ static int open_log(hd_store_t *s, char *err, size_t errlen) {
   if (rc) return refuse(err, errlen, s->dir, "cannot open its log: %s", strerror(-rc));
   s->log_open = true;
   uint64_t next, ops;
-  long n = hd_slog_replay(s->dir, s->log_lsn, replay_one, s, &next, &ops);
+  long n = hd_slog_replay(s->dir, s->log_file, s->log_lsn, replay_one, s, &next, &ops);
   if (n < 0) {
-    hd_table_clear(&s->table);
+    hd_table_clear(&s->tables[0]);
     return refuse(err, errlen, s->dir,
-                  "its log (%s/log) cannot be read: %s; nothing was changed; restore the data-dir from a "
-                  "backup, or move the log away to start without what it holds",
+                  "its log (%s/log and log.1) cannot be read: %s; nothing was changed; restore the data-dir "
+                  "from a backup, or move the log away to start without what it holds",
                   s->dir, n == HD_EPROTO ? "a batch that checks out holds malformed operations" : hd_strerror((int)n));
   }
-  hd_slog_restart(&s->log, next);
+  /* LMDB's log starts in s->log_file: batches go there until it is full. */
+  hd_slog_restart(&s->log, s->log_file, next);
   if (n > 0) {
     if ((rc = checkpoint(s, true))) {
-      hd_table_clear(&s->table);
+      hd_table_clear(&s->tables[0]);
       return refuse(err, errlen, s->dir, "cannot move its log into LMDB: %s", lmdb_err(rc));
     }
     HD_LOG(HD_LOG_NOTICE, "core", "store '%s', replayed %ld batches (%" PRIu64 " operations) from its log",
@@ -979,7 +1048,7 @@ static int open_log(hd_store_t *s, char *err, size_t errlen) {
   }
   s->log_usable = log_room(s);
   if (s->opts.log_size && !s->log_usable)
-    HD_LOG(HD_LOG_NOTICE, "core", "store '%s', less than 4 x store-log-size free above store-reserve: "
+    HD_LOG(HD_LOG_NOTICE, "core", "store '%s', less than 6 x store-log-size free above store-reserve: "
            "commits go to LMDB directly until there is", s->dir);
   return 0;
 }
@@ -1166,7 +1235,7 @@ static void *writer_main(void *arg) {
     hd_slog_sync(&s->log);
     atomic_fetch_add(&s->syncs, 1);
   }
-  hd_table_clear(&s->table); /* what a failed checkpoint left: the log has it */
+  for (int i = 0; i < HD_SLOG_FILES; i++) hd_table_clear(&s->tables[i]); /* what a failed checkpoint left: the log has it */
   hd_msg_thread_done();
   return NULL;
 }
@@ -1192,9 +1261,10 @@ void hd_store_close(hd_store_t *s) {
   hd_store_stats_t st;
   hd_store_get_stats(s, &st);
   HD_LOG(HD_LOG_INFO, "core", "store '%s', closed: %" PRIu64 " commits, %" PRIu64 " operations, %" PRIu64
-         " syncs, %" PRIu64 " commits to the log, %" PRIu64 " checkpoints",
-         s->dir, st.commits, st.ops, st.syncs, st.log_batches, st.checkpoints);
-  hd_table_clear(&s->table);
+         " syncs, %" PRIu64 " commits to the log, %" PRIu64 " checkpoints (%" PRIu64 " of a full log file; %" PRIu64
+         " messages moved to LMDB)",
+         s->dir, st.commits, st.ops, st.syncs, st.log_batches, st.checkpoints, st.log_switches, st.ckpt_puts);
+  for (int i = 0; i < HD_SLOG_FILES; i++) hd_table_clear(&s->tables[i]);
   hd_slog_close(&s->log);
   mdb_env_close(s->env);
   pthread_rwlock_destroy(&s->map_lock);

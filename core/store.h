@@ -37,7 +37,7 @@
 #include "message.h"
 #include "settings.h"
 
-#define HD_STORE_FORMAT 2
+#define HD_STORE_FORMAT 3
 
 typedef struct hd_store hd_store_t;
 
@@ -153,6 +153,8 @@ void *hd_store_node_blob(hd_node_type_t type, const char *address, const hd_node
 
 typedef struct hd_store_stats {
   uint64_t commits, ops, syncs, failed_commits, map_size, map_grows, log_batches, checkpoints;
+  uint64_t log_switches; /* of the checkpoints, those of one full log file */
+  uint64_t ckpt_puts;    /* messages the checkpoints wrote to LMDB */
 } hd_store_stats_t;
 void hd_store_get_stats(hd_store_t *s, hd_store_stats_t *out);
 

@@ -45,7 +45,7 @@ static void sayf(out_t *o, const char *fmt, ...) {
   o->say(line, o->arg);
 }
 
-static int log_one(const hd_slog_op_t *op, void *arg) { return hd_table_apply(arg, op, NULL); }
+static int log_one(const hd_slog_op_t *op, void *arg) { return hd_table_apply(arg, NULL, op, NULL); }
 
 static bool in_lmdb(ro_t *r, uint64_t node, uint64_t seq) {
   uint8_t kb[16];
@@ -108,10 +108,15 @@ static int ro_open(const char *data_dir, ro_t *r, char *err, size_t errlen) {
     return -1;
   }
   r->format = hd_get64(d.mv_data);
-  MDB_val lk = {7, "log-lsn"};
-  if (r->format == 1 || r->format == HD_STORE_FORMAT) { /* format 1: no log-lsn yet, the log starts at 1 */
+  MDB_val lk = {7, "log-lsn"}, fk = {8, "log-file"};
+  if (r->format >= 1 && r->format <= HD_STORE_FORMAT) {
+    /* Format 1: no log-lsn yet, the log starts at 1; formats 1 and 2: in file 0. */
     uint64_t lsn = mdb_get(r->txn, r->meta, &lk, &d) == 0 && d.mv_size == 8 ? hd_get64(d.mv_data) : 1, next;
-    r->log_batches = hd_slog_replay(path, lsn, log_one, &r->log, &next, &r->log_ops);
+    uint64_t file = mdb_get(r->txn, r->meta, &fk, &d) == 0 && d.mv_size == 8 ? hd_get64(d.mv_data) : 0;
+    if (file >= HD_SLOG_FILES)
+      r->log_batches = HD_EPROTO;
+    else
+      r->log_batches = hd_slog_replay(path, (int)file, lsn, log_one, &r->log, &next, &r->log_ops);
   }
   return 0;
 }
@@ -161,7 +166,7 @@ int hd_store_info(const char *data_dir, void (*say)(const char *line, void *arg)
   sayf(&o, "store %s/store: format %" PRIu64 "%s, %" PRIu64 " KiB used of a %" PRIu64 " KiB map, %" PRIu64 " messages",
        data_dir, r.format,
        r.format == HD_STORE_FORMAT ? ""
-       : r.format == 1             ? " (older: hadrond upgrades it when it starts)"
+       : r.format >= 1 && r.format < HD_STORE_FORMAT ? " (older: hadrond upgrades it at its first checkpoint)"
                                    : " (not a format this build reads)",
        used >> 10, (uint64_t)ei.me_mapsize >> 10, total);
   if (r.log_batches > 0)
@@ -202,8 +207,8 @@ long hd_store_check(const char *data_dir, void (*say)(const char *line, void *ar
   ro_t r;
   if (ro_open(data_dir, &r, err, errlen)) return -1;
   out_t o = {say, arg, 0};
-  if (r.format != HD_STORE_FORMAT && r.format != 1)
-    problem(&o, "format %" PRIu64 ", this build reads formats 1 and %d", r.format, HD_STORE_FORMAT);
+  if (r.format < 1 || r.format > HD_STORE_FORMAT)
+    problem(&o, "format %" PRIu64 ", this build reads formats 1 to %d", r.format, HD_STORE_FORMAT);
   if (r.log_batches < 0) problem(&o, "its log cannot be read: %s", hd_strerror((int)r.log_batches));
   if (r.log_batches > 0)
     sayf(&o, "log: %ld commits (%" PRIu64 " operations) not yet in LMDB; its messages are checked too",

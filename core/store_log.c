@@ -67,30 +67,41 @@ uint32_t hd_crc32c(uint32_t crc, const void *p, size_t n) {
 
 /* ---- writing ------------------------------------------------------------ */
 
+static const char *const file_names[HD_SLOG_FILES] = {"log", "log.1"};
+
 int hd_slog_open(hd_slog_t *l, const char *dir, uint64_t max_bytes) {
   memset(l, 0, sizeof *l);
-  char path[4096];
-  snprintf(path, sizeof path, "%s/log", dir);
-  /* Created at the first write, not here: a store refused at start-up is
-   * left exactly as it was. */
-  l->fd = open(path, O_RDWR | O_CLOEXEC);
-  if (l->fd < 0 && errno != ENOENT) return -errno;
-  if (l->fd >= 0) {
-    off_t end = lseek(l->fd, 0, SEEK_END);
-    l->size = end > 0 ? (uint64_t)end : 0;
+  for (int i = 0; i < HD_SLOG_FILES; i++) l->fd[i] = -1;
+  for (int i = 0; i < HD_SLOG_FILES; i++) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, file_names[i]);
+    l->path[i] = hd_xstrdup(path);
+    /* Created at the first write, not here: a store refused at start-up
+     * is left exactly as it was. */
+    l->fd[i] = open(path, O_RDWR | O_CLOEXEC);
+    if (l->fd[i] < 0 && errno != ENOENT) {
+      int rc = -errno;
+      hd_slog_close(l);
+      return rc;
+    }
+    if (l->fd[i] >= 0) {
+      off_t end = lseek(l->fd[i], 0, SEEK_END);
+      l->size[i] = end > 0 ? (uint64_t)end : 0;
+    }
   }
   l->max = max_bytes;
-  l->path = hd_xstrdup(path);
-  l->next_lsn = 1;
+  l->next_lsn = l->first_lsn = 1;
   return 0;
 }
 
 void hd_slog_close(hd_slog_t *l) {
-  if (l->fd >= 0) close(l->fd);
-  l->fd = -1;
-  free(l->path);
+  for (int i = 0; i < HD_SLOG_FILES; i++) {
+    if (l->fd[i] >= 0) close(l->fd[i]);
+    l->fd[i] = -1;
+    free(l->path[i]);
+    l->path[i] = NULL;
+  }
   free(l->buf);
-  l->path = NULL;
   l->buf = NULL;
 }
 
@@ -158,29 +169,51 @@ static int write_all(int fd, const uint8_t *p, size_t n, uint64_t off) {
   return 0;
 }
 
+/* A file just created: its name must be on disk before its batches are
+ * relied on. */
+static int sync_dir(const char *path) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (slash) *slash = 0;
+  int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  int rc = fsync(fd) == 0 ? 0 : -errno;
+  close(fd);
+  return rc;
+}
+
 bool hd_slog_fits(hd_slog_t *l, uint64_t spare) {
   uint64_t need = hd_slog_batch_bytes(l);
-  if (l->off + need <= l->size) return true;
+  int f = l->cur;
+  if (l->off + need <= l->size[f]) return true;
   if (l->off + need > l->max) return false;
-  if (l->fd < 0 && (l->fd = open(l->path, O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0) return false;
+  if (l->fd[f] < 0) {
+    if ((l->fd[f] = open(l->path[f], O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0) return false;
+    if (sync_dir(l->path[f]) != 0) {
+      close(l->fd[f]);
+      l->fd[f] = -1;
+      return false;
+    }
+  }
   uint64_t to = (l->off + need + GROW_CHUNK - 1) / GROW_CHUNK * GROW_CHUNK;
   if (to > l->max) to = l->max;
   struct statvfs fs;
-  if (fstatvfs(l->fd, &fs) == 0 && (uint64_t)fs.f_bavail * fs.f_frsize < to - l->size + spare) return false;
+  if (fstatvfs(l->fd[f], &fs) == 0 && (uint64_t)fs.f_bavail * fs.f_frsize < to - l->size[f] + spare) return false;
   static const uint8_t zeros[65536];
-  for (uint64_t at = l->size; at < to;) {
+  for (uint64_t at = l->size[f]; at < to;) {
     size_t n = to - at < sizeof zeros ? (size_t)(to - at) : sizeof zeros;
-    if (write_all(l->fd, zeros, n, at) != 0) {
+    if (write_all(l->fd[f], zeros, n, at) != 0) {
       /* Give the blocks back; the file stays as long as it was. */
-      if (ftruncate(l->fd, (off_t)l->size) != 0) { /* nothing more to do */
+      if (ftruncate(l->fd[f], (off_t)l->size[f]) != 0) { /* nothing more to do */
       }
       return false;
     }
     at += n;
   }
   /* The new length must be on disk before batches there are relied on. */
-  if (fdatasync(l->fd) != 0) return false;
-  l->size = to;
+  if (fdatasync(l->fd[f]) != 0) return false;
+  l->size[f] = to;
   return true;
 }
 
@@ -192,19 +225,30 @@ int hd_slog_write(hd_slog_t *l, bool nosync) {
   hd_put32(h + 16, (uint32_t)l->len);
   hd_put32(h + 20, l->nops);
   hd_put32(h + 4, hd_crc32c(0, h + 8, HD_SLOG_HDR - 8 + l->len));
-  int rc = write_all(l->fd, h, HD_SLOG_HDR + l->len, l->off);
-  if (!rc && !nosync && fdatasync(l->fd) != 0) rc = -errno;
+  int fd = l->fd[l->cur];
+  int rc = write_all(fd, h, HD_SLOG_HDR + l->len, l->off);
+  if (!rc && !nosync && fdatasync(fd) != 0) rc = -errno;
   if (rc) return rc;
   l->off += HD_SLOG_HDR + l->len;
   l->next_lsn++;
   return 0;
 }
 
-int hd_slog_sync(hd_slog_t *l) { return l->fd < 0 || fdatasync(l->fd) == 0 ? 0 : -errno; }
+int hd_slog_sync(hd_slog_t *l) { return l->fd[l->cur] < 0 || fdatasync(l->fd[l->cur]) == 0 ? 0 : -errno; }
 
-void hd_slog_restart(hd_slog_t *l, uint64_t lsn) {
+void hd_slog_restart(hd_slog_t *l, int file, uint64_t lsn) {
+  l->cur = file;
   l->off = 0;
-  l->next_lsn = lsn;
+  l->next_lsn = l->first_lsn = lsn;
+}
+
+int hd_slog_switch(hd_slog_t *l) {
+  int rc = hd_slog_sync(l);
+  if (rc) return rc;
+  l->cur = 1 - l->cur;
+  l->off = 0;
+  l->first_lsn = l->next_lsn;
+  return 0;
 }
 
 /* ---- reading back ------------------------------------------------------- */
@@ -250,12 +294,10 @@ static int parse_ops(const uint8_t *p, size_t len, uint32_t nops, int (*fn)(cons
   return p == end ? 0 : HD_EPROTO;
 }
 
-long hd_slog_replay(const char *dir, uint64_t lsn, int (*fn)(const hd_slog_op_t *op, void *arg), void *arg,
-                   uint64_t *next, uint64_t *ops) {
-  char path[4096];
-  snprintf(path, sizeof path, "%s/log", dir);
-  *next = lsn;
-  if (ops) *ops = 0;
+/* One file's batches from offset 0 while they check out and carry the
+ * expected LSNs (*next, moved on past each). */
+static long replay_file(const char *path, int (*fn)(const hd_slog_op_t *op, void *arg), void *arg, uint64_t *next,
+                        uint64_t *ops) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return errno == ENOENT ? 0 : -errno;
   off_t end = lseek(fd, 0, SEEK_END);
@@ -291,4 +333,19 @@ long hd_slog_replay(const char *dir, uint64_t lsn, int (*fn)(const hd_slog_op_t 
   free(buf);
   close(fd);
   return rc ? rc : batches;
+}
+
+long hd_slog_replay(const char *dir, int file, uint64_t lsn, int (*fn)(const hd_slog_op_t *op, void *arg),
+                   void *arg, uint64_t *next, uint64_t *ops) {
+  *next = lsn;
+  if (ops) *ops = 0;
+  long total = 0;
+  for (int i = 0; i < HD_SLOG_FILES; i++) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, file_names[(file + i) % HD_SLOG_FILES]);
+    long n = replay_file(path, fn, arg, next, ops);
+    if (n < 0) return n;
+    total += n;
+  }
+  return total;
 }

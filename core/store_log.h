@@ -5,19 +5,28 @@
  * within milliseconds, so the writer appends each commit's operations to
  * this log instead (one sequential write, one fdatasync) and keeps what
  * they mean in memory (store_table.c); a message put and deleted within
- * one stretch of log never touches LMDB at all.  When the log is full,
- * what is left is written to LMDB in one transaction (a checkpoint) and the
- * log starts again from the beginning.
+ * one stretch of log never touches LMDB at all.
  *
- * Layout: batches one after another from offset 0, each
+ * Two files, <data-dir>/store/log and log.1, each up to the configured
+ * size, written one at a time.  When the one being written is full, what
+ * is still alive of the *other* (older) file's operations is written to
+ * LMDB (a checkpoint of that file: usually little, since it was written a
+ * whole file ago), and the writer starts again at the beginning of the
+ * other file.  A message consumed within a file's length of log is never
+ * written to LMDB, however full the log.
+ *
+ * Layout of a file: batches one after another from offset 0, each
  *     magic u32 | crc32c u32 | lsn u64 | payload length u32 | op count u32
  * then the payload (operations, store_log.c).  The crc covers everything
- * after itself.  LSNs follow one another without gaps; LMDB's meta record
- * "log-lsn" holds the LSN the log starts with since the last checkpoint.
- * Reading stops at the first batch that does not check out (a write torn
- * by a crash, or an older pass of the log further on): the writer flushes
- * a batch before anyone hears of it, so whatever follows was never
- * promised.
+ * after itself.  LSNs follow one another without gaps, across the two
+ * files; LMDB's meta records "log-lsn" and "log-file" hold the LSN the log
+ * starts with since the last checkpoint and the file it starts in (at
+ * offset 0).  Reading goes through that file while its batches check out,
+ * then through the other file from offset 0 while they carry the next
+ * LSNs.  It stops at the first batch that does not check out (a write torn
+ * by a crash, or an older pass further on, whose LSNs are lower): the
+ * writer flushes a batch before anyone hears of it, so whatever follows
+ * was never promised.
  *
  * The file is grown in zero-filled chunks and then overwritten in place,
  * so that fdatasync has only data to flush, not the file's size. */
@@ -44,12 +53,16 @@ typedef struct hd_slog_op {
   size_t len;
 } hd_slog_op_t;
 
+#define HD_SLOG_FILES 2
+
 typedef struct hd_slog {
-  int fd;
-  char *path;
-  uint64_t size;    /* bytes of the file (zero-filled up to here) */
-  uint64_t max;     /* grow no further than this */
-  uint64_t off;     /* where the next batch goes */
+  int fd[HD_SLOG_FILES];
+  char *path[HD_SLOG_FILES];
+  uint64_t size[HD_SLOG_FILES]; /* bytes of each file (zero-filled up to here) */
+  uint64_t max;                 /* grow no file further than this */
+  int cur;                      /* the file being written */
+  uint64_t off;                 /* where the next batch goes in it */
+  uint64_t first_lsn;           /* LSN of its first batch since it was started */
   uint64_t next_lsn;
   /* the batch being built */
   uint8_t *buf;
@@ -59,7 +72,8 @@ typedef struct hd_slog {
 
 uint32_t hd_crc32c(uint32_t crc, const void *p, size_t n);
 
-/* Open (creating) dir/log; nothing is read or written yet. */
+/* Open dir/log and dir/log.1 (created at the first write); nothing is
+ * read or written yet. */
 int hd_slog_open(hd_slog_t *l, const char *dir, uint64_t max_bytes);
 void hd_slog_close(hd_slog_t *l);
 
@@ -70,20 +84,30 @@ void hd_slog_add(hd_slog_t *l, const hd_slog_op_t *op);
 static inline size_t hd_slog_batch_bytes(const hd_slog_t *l) { return HD_SLOG_HDR + l->len; }
 /* Room for the batch at the current offset, growing the file if allowed
  * (and the filesystem has `spare` bytes beyond the growth)?  false: the
- * log must start again (after a checkpoint) or the batch go elsewhere. */
+ * writer must go on in the other file (hd_slog_switch, after a checkpoint
+ * of that file) or start again (hd_slog_restart, after a checkpoint of
+ * both), or the batch go elsewhere. */
 bool hd_slog_fits(hd_slog_t *l, uint64_t spare);
 /* Write the batch at the current offset; flush it unless `nosync`.
  * Returns 0 or -errno; the offset and LSN move on only on success. */
 int hd_slog_write(hd_slog_t *l, bool nosync);
+/* Flush the file being written. */
 int hd_slog_sync(hd_slog_t *l);
-/* After a checkpoint: the next batch goes to offset 0 with LSN `lsn`. */
-void hd_slog_restart(hd_slog_t *l, uint64_t lsn);
+/* After a checkpoint of both files: the next batch goes to offset 0 of
+ * file `file` with LSN `lsn`. */
+void hd_slog_restart(hd_slog_t *l, int file, uint64_t lsn);
+/* The file being written is full and the other one's operations are in
+ * LMDB: the next batch goes to offset 0 of the other file.  Flushes the
+ * full one first (with nosync writes, its tail may not be on disk yet, and
+ * a replay that stops short in it never reaches the other). */
+int hd_slog_switch(hd_slog_t *l);
 
-/* Read the batches from offset 0 while they check out, starting with LSN
- * `lsn`; fn sees each operation.  Returns the number of batches read (and
- * the next LSN in *next), or -errno when the file cannot be read or fn
- * fails (its return value). */
-long hd_slog_replay(const char *dir, uint64_t lsn, int (*fn)(const hd_slog_op_t *op, void *arg), void *arg,
-                   uint64_t *next, uint64_t *ops);
+/* Read the batches of file `file` from offset 0 while they check out,
+ * starting with LSN `lsn`, then those of the other file from offset 0;
+ * fn sees each operation.  Returns the number of batches read (and the
+ * next LSN in *next), or -errno when a file cannot be read or fn fails
+ * (its return value). */
+long hd_slog_replay(const char *dir, int file, uint64_t lsn, int (*fn)(const hd_slog_op_t *op, void *arg),
+                   void *arg, uint64_t *next, uint64_t *ops);
 
 #endif

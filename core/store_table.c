@@ -208,26 +208,28 @@ void hd_table_put(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t flags,
   }
 }
 
-void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq) {
+bool hd_table_drop(hd_table_t *t, uint64_t node, uint64_t seq) {
   hd_tnode_t *tn = node_get(t, node, false);
   slot_t *s = live_at(tn, seq);
   if (s) {
     ring_clear_slot(tn, s);
     t->count--;
-    return;
+    return true;
   }
   hd_tlink_t **pp = chain_find(&t->xputs, node, seq);
-  if (!pp) {
-    *push(&t->dels) = (hd_keyop_t){node, seq, 0};
-    return;
-  }
+  if (!pp) return false;
   xput_t *x = (xput_t *)chain_unlink(&t->xputs, pp);
   t->count--;
   hd_msg_unref(x->p.msg);
   hd_obj_free(x, sizeof *x);
+  return true;
 }
 
-void hd_table_update(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count) {
+void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq) {
+  if (!hd_table_drop(t, node, seq)) *push(&t->dels) = (hd_keyop_t){node, seq, 0};
+}
+
+bool hd_table_recount(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count) {
   slot_t *s = live_at(node_get(t, node, false), seq);
   xput_t *x;
   if (s)
@@ -235,7 +237,12 @@ void hd_table_update(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delive
   else if ((x = xfind(t, node, seq)))
     x->p.delivery_count = delivery_count;
   else
-    *push(&t->updates) = (hd_keyop_t){node, seq, delivery_count};
+    return false;
+  return true;
+}
+
+void hd_table_update(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count) {
+  if (!hd_table_recount(t, node, seq, delivery_count)) *push(&t->updates) = (hd_keyop_t){node, seq, delivery_count};
 }
 
 void hd_table_hwm(hd_table_t *t, uint64_t node, uint64_t seq) {
@@ -245,7 +252,7 @@ void hd_table_hwm(hd_table_t *t, uint64_t node, uint64_t seq) {
   k->delivery_count = 1; /* set: a mark of 0 is a real value */
 }
 
-int hd_table_apply(hd_table_t *t, const hd_slog_op_t *op, hd_msg_t *msg) {
+int hd_table_apply(hd_table_t *t, hd_table_t *older, const hd_slog_op_t *op, hd_msg_t *msg) {
   switch (op->kind) {
   case HD_SLOG_PUT: {
     hd_msg_t *m = msg;
@@ -258,8 +265,13 @@ int hd_table_apply(hd_table_t *t, const hd_slog_op_t *op, hd_msg_t *msg) {
     if (!msg) hd_msg_unref(m);
     break;
   }
-  case HD_SLOG_DEL: hd_table_del(t, op->node, op->seq); break;
-  case HD_SLOG_UPDATE: hd_table_update(t, op->node, op->seq, op->delivery_count); break;
+  case HD_SLOG_DEL:
+    if (!older || !hd_table_drop(older, op->node, op->seq)) hd_table_del(t, op->node, op->seq);
+    break;
+  case HD_SLOG_UPDATE:
+    if (!older || !hd_table_recount(older, op->node, op->seq, op->delivery_count))
+      hd_table_update(t, op->node, op->seq, op->delivery_count);
+    break;
   case HD_SLOG_HWM: hd_table_hwm(t, op->node, op->seq); break;
   default: break;
   }

@@ -1,8 +1,10 @@
-/* What the store's log holds that LMDB does not yet (store_log.h): the net
- * effect of the operations logged since the last checkpoint, kept by the
- * writer thread only.  A delete of a message put in the same stretch of log
- * cancels both, so LMDB never sees either; the rest is written to LMDB at
- * the next checkpoint.  Relies on a queue never reusing a seq.
+/* What one file of the store's log holds that LMDB does not yet
+ * (store_log.h): the net effect of the operations logged in it since it
+ * was started, kept by the writer thread only (one table per file).  A
+ * delete of a message put in the same file, or in the other one while that
+ * file's table is still pending, cancels the put, so LMDB never sees
+ * either; the rest is written to LMDB at the file's checkpoint.  Relies on
+ * a queue never reusing a seq.
  *
  * A queue's puts arrive in seq order and its deletes mostly in the same
  * order, so each node keeps its live puts in a ring indexed by seq: a put
@@ -14,6 +16,7 @@
 #ifndef HD_STORE_TABLE_H
 #define HD_STORE_TABLE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -63,12 +66,23 @@ typedef struct hd_table {
 
 void hd_table_put(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t flags,
                   uint32_t delivery_count, hd_msg_t *msg);
+/* A delete: cancels a live put here, else is kept for LMDB. */
 void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq);
+/* A delivery count: changes a live put here, else is kept for LMDB. */
 void hd_table_update(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count);
 void hd_table_hwm(hd_table_t *t, uint64_t node, uint64_t seq);
+/* The live put at (node, seq) removed, or its count changed: true;
+ * false: there is none here (and nothing changed). */
+bool hd_table_drop(hd_table_t *t, uint64_t node, uint64_t seq);
+bool hd_table_recount(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count);
 /* One logged operation.  A put takes a reference to msg, or (msg NULL, as
- * when reading a log back) a copy of op->bytes.  0, or -ENOMEM. */
-int hd_table_apply(hd_table_t *t, const hd_slog_op_t *op, hd_msg_t *msg);
+ * when reading a log back) a copy of op->bytes.  `older` (or NULL) is the
+ * table of the log's other file: a delete or count of a put still alive
+ * there changes that put (so that the checkpoint of that file writes the
+ * message as it is now, or not at all); a crash later replays the same
+ * operation against LMDB, where it finds nothing (a delete of a missing
+ * record does nothing) or the same count.  0, or -ENOMEM. */
+int hd_table_apply(hd_table_t *t, hd_table_t *older, const hd_slog_op_t *op, hd_msg_t *msg);
 /* Nothing to write at a checkpoint. */
 int hd_table_empty(const hd_table_t *t);
 /* The puts still alive, sorted by node and seq (malloc'd; *n of them; the

@@ -712,8 +712,11 @@ class LogTest(unittest.TestCase):
             store = os.path.join(b.data_dir, "store")
             crashed = tempfile.mkdtemp(prefix="hadron-crashed-store-")
             self.addCleanup(shutil.rmtree, crashed, True)
-            shutil.copy(os.path.join(store, "log"), crashed)
+            logs = [f for f in ("log", "log.1") if os.path.exists(os.path.join(store, f))]
+            for f in logs:
+                shutil.copy(os.path.join(store, f), crashed)
             old_lsn = self.meta(mdb_dump, store, "log-lsn")
+            self.assertEqual("0" * 16, self.meta(mdb_dump, store, "log-file"))  # 20 MiB: file 0 only
             b.start()
             self.assertRegex(b.log(), r"replayed \d+ batches \(\d+ operations\) from its log")
             b.stop()
@@ -728,7 +731,8 @@ class LogTest(unittest.TestCase):
             os.makedirs(store)
             load = subprocess.run([mdb_load, store], input=text, capture_output=True, text=True, timeout=60)
             self.assertEqual(0, load.returncode, load.stderr)
-            shutil.copy(os.path.join(crashed, "log"), store)
+            for f in logs:
+                shutil.copy(os.path.join(crashed, f), store)
             b.start()
             self.assertRegex(b.log(), r"replayed \d+ batches")
             got = run(Consumer(b.url(), "log.q", expect=n - k, idle_s=3 * SLOW)).got
@@ -738,6 +742,85 @@ class LogTest(unittest.TestCase):
             code, out, err = store_tool("-d", b.data_dir, "check")
             self.assertEqual(0, code, out + err)
             self.assertEqual(0, stored_count(b.data_dir, "log.q"))
+
+    def test_messages_consumed_within_a_file_never_reach_lmdb(self):
+        """The log's two files (store-log-size each): when the file being
+        written fills, only what the other file's operations left goes to
+        LMDB.  A queue whose backlog stays below a file's size has nothing
+        there: however many times the files fill, no message is written to
+        LMDB (the shutdown line counts them).  A backlog larger than a file
+        has its older messages written there, and all come back in order."""
+        conf = "store-log-size = 256K\n"
+        data = shared_data_dir(self)
+        for backlog, moved in ((48, False), (600, True)):
+            with Broker(name="store-2files", data_dir=data, broker=conf) as b:
+                c = connect(b.url())
+                s = c.create_sender("two.q")
+                r = c.create_receiver("two.q", credit=10)
+                n = 1200
+                for i in range(backlog):
+                    s.send(numbered(1, size=1024, start=i)[0])
+                got = []
+                for i in range(backlog, n + backlog):
+                    s.send(numbered(1, size=1024, start=i)[0])
+                    got.append(r.receive(timeout=10 * SLOW).id)
+                    r.accept()
+                while len(got) < n + backlog:
+                    got.append(r.receive(timeout=10 * SLOW).id)
+                    r.accept()
+                self.assertEqual(list(range(n + backlog)), got)
+                c.close()
+                b.stop()
+                m = re.search(r"closed: .* (\d+) checkpoints \((\d+) of a full log file; (\d+) messages moved to LMDB\)",
+                              b.log())
+                self.assertTrue(m, b.log())
+                # 1,200 puts of 1 KiB and their deletes: about 1.3 MiB of log.
+                self.assertGreaterEqual(int(m.group(2)), 3, m.group(0))
+                if moved:
+                    self.assertGreater(int(m.group(3)), 0, m.group(0))
+                else:
+                    self.assertEqual(0, int(m.group(3)), m.group(0))
+            code, out, err = store_tool("-d", data, "check")
+            self.assertEqual(0, code, out + err)
+
+    def test_format2_store_with_a_log_is_replayed_and_upgraded(self):
+        """A store of format 2 (one log file, no log-file record) that a
+        crash left with messages only in its log: this hadrond replays
+        them, and its first checkpoint raises the store to format 3.  Made
+        here from a format-3 store killed before its log filled, with the
+        format record set to 2 and log-file removed."""
+        mdb_dump, mdb_load = shutil.which("mdb_dump"), shutil.which("mdb_load")
+        if not (mdb_dump and mdb_load):
+            self.skipTest("needs mdb_dump and mdb_load: install lmdb-utils (Debian)")
+        n = 300
+        with Broker(name="store-format2") as b:
+            send_blocking(b.url(), "f2.q", numbered(n, KIB4))
+            b.kill()
+            store = os.path.join(b.data_dir, "store")
+            self.assertFalse(os.path.exists(os.path.join(store, "log.1")))
+            dump = subprocess.run([mdb_dump, "-a", store], capture_output=True, text=True, timeout=60)
+            self.assertEqual(0, dump.returncode, dump.stderr)
+            text = re.sub(r"(?m)^( %s)\n .*$" % "format".encode().hex(), lambda m: m.group(1) + "\n " + "%016x" % 2,
+                          dump.stdout)
+            text, removed = re.subn(r"(?m)^ %s\n .*\n" % "log-file".encode().hex(), "", text)
+            self.assertEqual(1, removed)
+            self.assertNotEqual(text, dump.stdout)
+            with open(os.path.join(store, "log"), "rb") as f:
+                log = f.read()
+            shutil.rmtree(store)
+            os.makedirs(store)
+            load = subprocess.run([mdb_load, store], input=text, capture_output=True, text=True, timeout=60)
+            self.assertEqual(0, load.returncode, load.stderr)
+            with open(os.path.join(store, "log"), "wb") as f:
+                f.write(log)
+            self.assertEqual("%016x" % 2, self.meta(mdb_dump, store, "format"))
+            b.start()
+            self.assertRegex(b.log(), r"replayed \d+ batches")
+            self.assertIn("upgraded from format 2 to 3", b.log())
+            self.assertEqual("%016x" % 3, self.meta(mdb_dump, store, "format"))
+            got = run(Consumer(b.url(), "f2.q", expect=n, idle_s=3 * SLOW)).got
+            self.assertEqual(list(range(n)), [m.id for m in got])
+            self.check_bodies(got)
 
     check_bodies = check_bodies_4k
 

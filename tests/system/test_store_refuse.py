@@ -117,10 +117,10 @@ class StoreCase(unittest.TestCase):
 
 class RefuseTest(StoreCase):
     def test_other_format_version(self):
-        """A store of format 3: refused, naming the formats; unchanged."""
-        self.load("store-format3")
+        """A store of format 4: refused, naming the formats; unchanged."""
+        self.load("store-format4")
         out = self.refused()
-        self.assertIn("has format 3, this hadrond reads formats 1 and 2 only", out)
+        self.assertIn("has format 4, this hadrond reads formats 1 to 3 only", out)
         self.assertIn("nothing was changed", out)
 
     def test_garbage_data_file(self):
@@ -244,12 +244,12 @@ class FixtureStartTest(StoreCase):
         with self.b:
             self.assertIn("queue 'fx.q', recovered 3 messages", self.b.log())
             self.assertEqual(["one", "two", "three"], receive_bodies(self.b.url(), "fx.q"))
-            # The first checkpoint (here: the clean stop) raises it to format 2.
+            # The first checkpoint (here: the clean stop) raises it to format 3.
             self.b.stop()
-            self.assertIn("upgraded from format 1 to 2", self.b.log())
+            self.assertIn("upgraded from format 1 to 3", self.b.log())
             code, out, err = store_tool("-d", self.b.data_dir, "info")
             self.assertEqual(0, code, err)
-            self.assertRegex(out, r"(?m)^store .*: format 2, \d+ KiB used of a \d+ KiB map, 0 messages$")
+            self.assertRegex(out, r"(?m)^store .*: format 3, \d+ KiB used of a \d+ KiB map, 0 messages$")
 
     def test_unreadable_record_is_skipped(self):
         """A stored message that is not valid AMQP does not stop start-up:
@@ -281,7 +281,7 @@ class ToolTest(StoreCase):
         self.load("store-v1")
         code, out, err = store_tool("-d", self.b.data_dir, "info")
         self.assertEqual(0, code, err)
-        self.assertRegex(out, r"(?m)^store .*: format [12](?: \(older: hadrond upgrades it when it starts\))?, \d+ KiB used of a \d+ KiB map, 3 messages$")
+        self.assertRegex(out, r"(?m)^store .*: format [13](?: \(older: hadrond upgrades it at its first checkpoint\))?, \d+ KiB used of a \d+ KiB map, 3 messages$")
         self.assertIn("queue 'fx.q' (id 1): 3 messages", out)
         code, out, err = store_tool("-d", self.b.data_dir, "check")
         self.assertEqual((0, ""), (code, err), out)
@@ -328,13 +328,13 @@ class ToolTest(StoreCase):
 
     def test_other_format(self):
         """Another format: info says so (exit 0), check reports it (exit 1)."""
-        self.load("store-format3")
+        self.load("store-format4")
         code, out, err = store_tool("-d", self.b.data_dir, "info")
         self.assertEqual(0, code, err)
-        self.assertIn("format 3 (not a format this build reads)", out)
+        self.assertIn("format 4 (not a format this build reads)", out)
         code, out, err = store_tool("-d", self.b.data_dir, "check")
         self.assertEqual(1, code, out + err)
-        self.assertIn("problem: format 3, this build reads formats 1 and 2", out)
+        self.assertIn("problem: format 4, this build reads formats 1 to 3", out)
 
     def test_not_a_store(self):
         """No store, or not a Hadron store: exit 1 with a message on stderr."""
@@ -362,7 +362,7 @@ class ToolTest(StoreCase):
             self.assertIn(why, err, args)
         code, out, err = store_tool("--version")
         self.assertEqual(0, code)
-        self.assertRegex(out, r"^hadron-store \S+ \(store format 2\)$")
+        self.assertRegex(out, r"^hadron-store \S+ \(store format 3\)$")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ static int teardown(void **state) {
   char path[128];
   snprintf(path, sizeof path, "%s/log", dir);
   unlink(path);
+  snprintf(path, sizeof path, "%s/log.1", dir);
+  unlink(path);
   rmdir(dir);
   return 0;
 }
@@ -78,7 +80,7 @@ static void write_batch(hd_slog_t *l, uint64_t seq) {
 /* A log in `dir` that starts at `lsn`, with batches for seqs 1..n. */
 static void log_with(hd_slog_t *l, uint64_t lsn, uint64_t n) {
   assert_int_equal(hd_slog_open(l, dir, 1u << 20), 0);
-  hd_slog_restart(l, lsn);
+  hd_slog_restart(l, 0, lsn);
   for (uint64_t seq = 1; seq <= n; seq++) write_batch(l, seq);
 }
 
@@ -100,7 +102,7 @@ static void t_write_and_replay(void **state) {
   log_with(&l, 5, 3);
   seen_t s = {0};
   uint64_t next, ops;
-  assert_int_equal(hd_slog_replay(dir, 5, record, &s, &next, &ops), 3);
+  assert_int_equal(hd_slog_replay(dir, 0, 5, record, &s, &next, &ops), 3);
   assert_int_equal(next, 8);
   assert_int_equal(ops, 6);
   assert_int_equal(s.n, 6);
@@ -111,7 +113,7 @@ static void t_write_and_replay(void **state) {
   assert_string_equal(s.bytes[4], "m3");
   /* Another starting LSN: none of these batches belongs to it. */
   memset(&s, 0, sizeof s);
-  assert_int_equal(hd_slog_replay(dir, 6, record, &s, &next, &ops), 0);
+  assert_int_equal(hd_slog_replay(dir, 0, 6, record, &s, &next, &ops), 0);
   assert_int_equal(s.n, 0);
   hd_slog_close(&l);
 }
@@ -132,7 +134,7 @@ static void t_torn_and_damaged(void **state) {
   (void)state;
   hd_slog_t l;
   assert_int_equal(hd_slog_open(&l, dir, 1u << 20), 0);
-  hd_slog_restart(&l, 1);
+  hd_slog_restart(&l, 0, 1);
   uint64_t ends[4];
   for (uint64_t seq = 1; seq <= 4; seq++) {
     write_batch(&l, seq);
@@ -143,7 +145,7 @@ static void t_torn_and_damaged(void **state) {
   damage(ends[1] + HD_SLOG_HDR + 10, 0x04);
   seen_t s = {0};
   uint64_t next, ops;
-  assert_int_equal(hd_slog_replay(dir, 1, record, &s, &next, &ops), 2);
+  assert_int_equal(hd_slog_replay(dir, 0, 1, record, &s, &next, &ops), 2);
   assert_int_equal(next, 3);
   assert_int_equal(s.n, 4);
   damage(ends[1] + HD_SLOG_HDR + 10, 0x04); /* mended */
@@ -152,11 +154,11 @@ static void t_torn_and_damaged(void **state) {
   snprintf(path, sizeof path, "%s/log", dir);
   assert_int_equal(truncate(path, (off_t)(ends[3] - 5)), 0);
   memset(&s, 0, sizeof s);
-  assert_int_equal(hd_slog_replay(dir, 1, record, &s, &next, &ops), 3);
+  assert_int_equal(hd_slog_replay(dir, 0, 1, record, &s, &next, &ops), 3);
   assert_int_equal(next, 4);
   /* No log at all: nothing to replay, not an error. */
   assert_int_equal(unlink(path), 0);
-  assert_int_equal(hd_slog_replay(dir, 1, record, &s, &next, &ops), 0);
+  assert_int_equal(hd_slog_replay(dir, 0, 1, record, &s, &next, &ops), 0);
 }
 
 static void t_wrap_leaves_old_batches_unread(void **state) {
@@ -165,11 +167,11 @@ static void t_wrap_leaves_old_batches_unread(void **state) {
   log_with(&l, 1, 6);
   /* A checkpoint took LSNs 1-6 into LMDB; the log starts again at 7 and
    * its first batch overwrites the first old one only. */
-  hd_slog_restart(&l, 7);
+  hd_slog_restart(&l, 0, 7);
   write_batch(&l, 100);
   seen_t s = {0};
   uint64_t next, ops;
-  assert_int_equal(hd_slog_replay(dir, 7, record, &s, &next, &ops), 1);
+  assert_int_equal(hd_slog_replay(dir, 0, 7, record, &s, &next, &ops), 1);
   assert_int_equal(next, 8);
   assert_string_equal(s.bytes[0], "m100");
   hd_slog_close(&l);
@@ -179,7 +181,7 @@ static void t_full_log_does_not_fit(void **state) {
   (void)state;
   hd_slog_t l;
   assert_int_equal(hd_slog_open(&l, dir, 4096), 0);
-  hd_slog_restart(&l, 1);
+  hd_slog_restart(&l, 0, 1);
   uint8_t body[3000] = {0};
   hd_slog_begin(&l);
   hd_slog_op_t put = {.kind = HD_SLOG_PUT, .node = 1, .seq = 1, .bytes = body, .len = sizeof body};
@@ -189,7 +191,7 @@ static void t_full_log_does_not_fit(void **state) {
   hd_slog_begin(&l);
   hd_slog_add(&l, &put);
   assert_false(hd_slog_fits(&l, 0)); /* the writer checkpoints and starts again */
-  hd_slog_restart(&l, 2);
+  hd_slog_restart(&l, 0, 2);
   assert_true(hd_slog_fits(&l, 0));
   hd_slog_close(&l);
 }
@@ -365,6 +367,215 @@ static void t_table_rings(void **state) {
   hd_msg_thread_done();
 }
 
+
+/* ---- the two files, as the store's writer uses them (store.c) -------------- */
+
+static void t_two_files_replay_in_turn(void **state) {
+  (void)state;
+  hd_slog_t l;
+  log_with(&l, 10, 3); /* LSNs 10-12 in file 0 */
+  assert_int_equal(hd_slog_switch(&l), 0);
+  assert_int_equal(l.cur, 1);
+  assert_int_equal(l.first_lsn, 13);
+  write_batch(&l, 4);
+  write_batch(&l, 5); /* LSNs 13-14 in file 1 */
+  seen_t s = {0};
+  uint64_t next, ops;
+  /* From file 0: all five, in LSN order. */
+  assert_int_equal(hd_slog_replay(dir, 0, 10, record, &s, &next, &ops), 5);
+  assert_int_equal(next, 15);
+  assert_string_equal(s.bytes[8], "m5");
+  /* After a checkpoint of file 0, LMDB's log starts in file 1: file 0's
+   * batches are older and are not read after it. */
+  memset(&s, 0, sizeof s);
+  assert_int_equal(hd_slog_replay(dir, 1, 13, record, &s, &next, &ops), 2);
+  assert_string_equal(s.bytes[0], "m4");
+  /* File 1 full: file 0 is started again and read after file 1. */
+  assert_int_equal(hd_slog_switch(&l), 0);
+  write_batch(&l, 6);
+  memset(&s, 0, sizeof s);
+  assert_int_equal(hd_slog_replay(dir, 1, 13, record, &s, &next, &ops), 3);
+  assert_int_equal(next, 16);
+  assert_string_equal(s.bytes[4], "m6");
+  /* A torn batch at the end of file 1: file 0 is not reached (its batch
+   * follows one that was never promised). */
+  hd_slog_close(&l);
+  char path[128];
+  snprintf(path, sizeof path, "%s/log.1", dir);
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  uint64_t end1 = 0;
+  for (int i = 0; i < 2; i++) end1 += HD_SLOG_HDR + 36 + 2 + 20; /* a put of "mN" and a delete */
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  uint8_t b;
+  assert_int_equal(pread(fd, &b, 1, (off_t)(end1 - 3)), 1);
+  b ^= 0x10;
+  assert_int_equal(pwrite(fd, &b, 1, (off_t)(end1 - 3)), 1);
+  close(fd);
+  memset(&s, 0, sizeof s);
+  assert_int_equal(hd_slog_replay(dir, 1, 13, record, &s, &next, &ops), 1);
+  assert_int_equal(next, 14);
+}
+
+/* The writer's protocol against a model, through thousands of random
+ * operations with files of 4 KiB (a switch every 20 batches or so) and a
+ * "crash" now and then: what LMDB holds plus what a replay from LMDB's
+ * log-lsn and log-file adds must be exactly what was committed: the live
+ * messages with their delivery counts and bytes, and each queue's highest
+ * seq ever put (seqs must never be handed out twice). */
+#define P_NODES 2
+#define P_SEQS 4096
+
+typedef struct pstate {
+  int32_t dc[P_NODES][P_SEQS]; /* -1: no record */
+  uint64_t maxseq[P_NODES];
+} pstate_t;
+
+static pstate_t lmdb, want;
+static uint64_t meta_lsn;
+static int meta_file;
+
+static void pstate_clear(pstate_t *p) {
+  memset(p, 0, sizeof *p);
+  for (int n = 0; n < P_NODES; n++)
+    for (int q = 0; q < P_SEQS; q++) p->dc[n][q] = -1;
+}
+
+/* A checkpoint of one table into the model LMDB (store.c's move_table). */
+static void move_into(pstate_t *db, const hd_table_t *t) {
+  size_t n;
+  hd_pend_t *v = hd_table_sorted(t, &n);
+  for (size_t i = 0; i < n; i++) {
+    char want_body[16];
+    snprintf(want_body, sizeof want_body, "m%llu", (unsigned long long)v[i].seq);
+    assert_int_equal(v[i].msg->len, strlen(want_body));
+    assert_memory_equal(v[i].msg->buf, want_body, v[i].msg->len);
+    db->dc[v[i].node][v[i].seq] = (int32_t)v[i].delivery_count;
+  }
+  free(v);
+  for (size_t i = 0; i < t->updates.n; i++)
+    if (db->dc[t->updates.v[i].node][t->updates.v[i].seq] >= 0)
+      db->dc[t->updates.v[i].node][t->updates.v[i].seq] = (int32_t)t->updates.v[i].delivery_count;
+  for (size_t i = 0; i < t->dels.n; i++) db->dc[t->dels.v[i].node][t->dels.v[i].seq] = -1;
+  for (size_t i = 0; i < t->maxseq.n; i++)
+    if (t->maxseq.v[i].seq > db->maxseq[t->maxseq.v[i].node]) db->maxseq[t->maxseq.v[i].node] = t->maxseq.v[i].seq;
+}
+
+static int replay_into(const hd_slog_op_t *op, void *arg) { return hd_table_apply(arg, NULL, op, NULL); }
+
+static void crash_and_check(void) {
+  pstate_t got = lmdb;
+  hd_table_t r = {0};
+  uint64_t next, ops;
+  assert_true(hd_slog_replay(dir, meta_file, meta_lsn, replay_into, &r, &next, &ops) >= 0);
+  move_into(&got, &r);
+  hd_table_clear(&r);
+  for (int n = 0; n < P_NODES; n++) {
+    for (int q = 0; q < P_SEQS; q++)
+      if (got.dc[n][q] != want.dc[n][q]) fail_msg("node %d seq %d: %d after the crash, %d committed", n, q, got.dc[n][q], want.dc[n][q]);
+    uint64_t top = got.maxseq[n];
+    for (int q = 0; q < P_SEQS; q++)
+      if (got.dc[n][q] >= 0 && (uint64_t)q > top) top = (uint64_t)q;
+    assert_int_equal(top, want.maxseq[n]);
+  }
+}
+
+static void t_two_files_protocol(void **state) {
+  (void)state;
+  hd_slog_t l;
+  assert_int_equal(hd_slog_open(&l, dir, 4096), 0);
+  hd_slog_restart(&l, 0, 1);
+  hd_table_t tables[2] = {{0}, {0}};
+  int64_t base = hd_msg_mem_used();
+  pstate_clear(&lmdb);
+  pstate_clear(&want);
+  meta_lsn = 1;
+  meta_file = 0;
+  uint64_t next_seq[P_NODES] = {1, 1};
+  unsigned r = 777;
+  size_t switches = 0, crashes = 0, cross = 0;
+  for (int batch = 0; batch < 3000; batch++) {
+    hd_slog_op_t ops[8];
+    hd_msg_t *msgs[8] = {0};
+    int nops = 1 + (int)((r >> 4) % 8);
+    hd_slog_begin(&l);
+    for (int i = 0; i < nops; i++) {
+      r = r * 1103515245u + 12345u;
+      uint64_t node = (r >> 8) % P_NODES;
+      unsigned what = (r >> 16) % 100;
+      /* Node 1 gets few puts: its highest seq is often put and deleted in
+       * a file long overwritten, with nothing put since. */
+      if (node == 1 && what < 45 && (r >> 24) % 16) node = 0;
+      uint64_t seq = 1 + (r >> 12) % (next_seq[node] > 1 ? next_seq[node] - 1 : 1);
+      if (what < 45 && next_seq[node] < P_SEQS) {
+        seq = next_seq[node]++;
+        char body[16];
+        int len = snprintf(body, sizeof body, "m%llu", (unsigned long long)seq);
+        msgs[i] = msg(body);
+        ops[i] = (hd_slog_op_t){.kind = HD_SLOG_PUT, .node = node, .seq = seq, .delivery_count = 0,
+                                .bytes = msgs[i]->buf, .len = (size_t)len};
+        want.dc[node][seq] = 0;
+        want.maxseq[node] = seq;
+      } else if (what < 85 && want.dc[node][seq] >= 0) { /* deletes of live messages, old or new */
+        ops[i] = (hd_slog_op_t){.kind = HD_SLOG_DEL, .node = node, .seq = seq};
+        want.dc[node][seq] = -1;
+      } else if (want.dc[node][seq] >= 0) {
+        uint32_t dc = (uint32_t)want.dc[node][seq] + 1;
+        ops[i] = (hd_slog_op_t){.kind = HD_SLOG_UPDATE, .node = node, .seq = seq, .delivery_count = dc};
+        want.dc[node][seq] = (int32_t)dc;
+      } else { /* a delete of a message already gone: nothing changes */
+        ops[i] = (hd_slog_op_t){.kind = HD_SLOG_DEL, .node = node, .seq = seq};
+      }
+      hd_slog_add(&l, &ops[i]);
+    }
+    if (!hd_slog_fits(&l, 0)) {
+      assert_true(l.off > 0);
+      /* The full file's table stays; the other one's goes to LMDB, and
+       * LMDB's log starts with the full file. */
+      move_into(&lmdb, &tables[1 - l.cur]);
+      meta_lsn = l.first_lsn;
+      meta_file = l.cur;
+      hd_table_clear(&tables[1 - l.cur]);
+      assert_int_equal(hd_slog_switch(&l), 0);
+      switches++;
+      assert_true(hd_slog_fits(&l, 0));
+    }
+    assert_int_equal(hd_slog_write(&l, true), 0);
+    for (int i = 0; i < nops; i++) {
+      hd_table_t *older = &tables[1 - l.cur];
+      size_t before = older->count;
+      assert_int_equal(hd_table_apply(&tables[l.cur], older, &ops[i], msgs[i]), 0);
+      cross += older->count < before;
+      if (msgs[i]) hd_msg_unref(msgs[i]);
+    }
+    if (batch % 97 == 0) {
+      crash_and_check();
+      crashes++;
+    }
+    if (batch % 500 == 499) { /* now and then a checkpoint of both, as before a commit to LMDB */
+      move_into(&lmdb, &tables[1 - l.cur]);
+      move_into(&lmdb, &tables[l.cur]);
+      meta_lsn = l.next_lsn;
+      meta_file = l.cur;
+      hd_table_clear(&tables[0]);
+      hd_table_clear(&tables[1]);
+      hd_slog_restart(&l, l.cur, l.next_lsn);
+      crash_and_check();
+    }
+  }
+  crash_and_check();
+  print_message("%zu switches, %zu crashes checked, %zu deletes cancelled a put of the other file\n", switches, crashes,
+                cross);
+  assert_true(switches > 100);
+  assert_true(cross > 50); /* deletes in one file of puts in the other */
+  hd_table_clear(&tables[0]);
+  hd_table_clear(&tables[1]);
+  hd_slog_close(&l);
+  assert_int_equal(hd_msg_mem_used(), base);
+  hd_msg_thread_done();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(t_crc32c),
@@ -374,6 +585,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(t_full_log_does_not_fit, setup, teardown),
       cmocka_unit_test(t_table),
       cmocka_unit_test(t_table_rings),
+      cmocka_unit_test_setup_teardown(t_two_files_replay_in_turn, setup, teardown),
+      cmocka_unit_test_setup_teardown(t_two_files_protocol, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
