@@ -219,6 +219,7 @@ static void handle(pn_event_t *e) {
 
 static void *worker(void *arg) {
   (void)arg;
+  pthread_setname_np(pthread_self(), "hd-worker"); /* for top -H, perf and gdb */
   while (!atomic_load(&S.stopping)) {
     pn_event_batch_t *b = pn_proactor_wait(S.proactor);
     for (pn_event_t *e; (e = pn_event_batch_next(b));) handle(e);

@@ -93,6 +93,10 @@ static bool urgent(hd_store_op_kind_t k) {
 
 void hd_store_submit(hd_store_t *s, hd_store_op_t *op) {
   op->next = NULL;
+  /* Here, on the thread that has just received the message, its bytes
+   * are in this CPU's cache; the writer thread then never reads them
+   * (store_log.h). */
+  if (op->kind == HD_OP_PUT && s->opts.log_size) op->body_crc = hd_crc32c(0, op->msg->buf, op->msg->len);
   pthread_mutex_lock(&s->lock);
   bool was_empty = !s->head, now = urgent(op->kind);
   if (s->tail) s->tail->next = op; else s->head = op;
@@ -949,6 +953,7 @@ static bool to_log_op(const hd_store_op_t *op, hd_slog_op_t *lo) {
     lo->expiry_ms = op->msg->expiry_ms;
     lo->bytes = op->msg->buf;
     lo->len = op->msg->len;
+    lo->crc = op->body_crc;
     return true;
   case HD_OP_DEL: lo->kind = HD_SLOG_DEL; return true;
   case HD_OP_UPDATE: lo->kind = HD_SLOG_UPDATE; return true;
@@ -1114,6 +1119,7 @@ static void fail_batch(hd_store_t *s, batch_t *b, int rc) {
 
 static void *writer_main(void *arg) {
   hd_store_t *s = arg;
+  pthread_setname_np(pthread_self(), "hd-store");
   uint64_t next_sync = hd_now_mono_ms() + s->opts.interval_ms;
   bool dirty = false;
   for (;;) {

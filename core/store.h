@@ -60,6 +60,7 @@ typedef struct hd_store_op {
   hd_store_op_kind_t kind;
   uint32_t flags;          /* HD_REC_* for PUT */
   uint32_t delivery_count; /* PUT, UPDATE */
+  uint32_t body_crc;       /* PUT: crc32c of msg's bytes, set by hd_store_submit */
   uint64_t node, seq;
   hd_msg_t *msg;           /* PUT (and NOP, for the caller's use): one reference */
   void *blob;              /* NODE_PUT: malloc'd, freed by the store */

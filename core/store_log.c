@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,9 @@
 #include "util.h"
 
 #define GROW_CHUNK (1u << 20)
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
 
 /* ---- crc32c (Castagnoli): the SSE4.2 instruction where there is one ---- */
 
@@ -102,12 +106,25 @@ void hd_slog_close(hd_slog_t *l) {
     l->path[i] = NULL;
   }
   free(l->buf);
+  free(l->iov);
   l->buf = NULL;
+  l->iov = NULL;
 }
 
 void hd_slog_begin(hd_slog_t *l) {
   l->len = 0;
   l->nops = 0;
+  l->niov = 1; /* iov[0]: header and records, filled in at the write */
+  l->body_bytes = 0;
+}
+
+static void add_body(hd_slog_t *l, const uint8_t *p, size_t n) {
+  if (l->niov >= l->iov_cap) {
+    l->iov_cap = l->iov_cap ? l->iov_cap * 2 : 256;
+    l->iov = hd_xrealloc(l->iov, l->iov_cap * sizeof *l->iov);
+  }
+  l->iov[l->niov++] = (struct iovec){(void *)p, n};
+  l->body_bytes += n;
 }
 
 static uint8_t *room(hd_slog_t *l, size_t n) {
@@ -126,7 +143,7 @@ void hd_slog_add(hd_slog_t *l, const hd_slog_op_t *op) {
   uint8_t *p;
   switch (op->kind) {
   case HD_SLOG_PUT:
-    p = room(l, 36 + op->len);
+    p = room(l, 40);
     p[0] = HD_SLOG_PUT;
     p[1] = (uint8_t)op->flags;
     p[2] = p[3] = 0;
@@ -135,7 +152,8 @@ void hd_slog_add(hd_slog_t *l, const hd_slog_op_t *op) {
     hd_put64(p + 16, op->seq);
     hd_put64(p + 24, op->expiry_ms);
     hd_put32(p + 32, (uint32_t)op->len);
-    memcpy(p + 36, op->bytes, op->len);
+    hd_put32(p + 36, op->crc);
+    add_body(l, op->bytes, op->len);
     break;
   case HD_SLOG_UPDATE:
     p = room(l, 24);
@@ -217,6 +235,24 @@ bool hd_slog_fits(hd_slog_t *l, uint64_t spare) {
   return true;
 }
 
+/* All of iov[0..n) at off, however many calls it takes (iov is consumed). */
+static int writev_all(int fd, struct iovec *iov, size_t n, uint64_t off) {
+  while (n) {
+    ssize_t w = pwritev(fd, iov, n > IOV_MAX ? IOV_MAX : (int)n, (off_t)off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return -errno;
+    if (w == 0) return -EIO;
+    off += (uint64_t)w;
+    size_t done = (size_t)w;
+    for (; n && done >= iov->iov_len; iov++, n--) done -= iov->iov_len;
+    if (n) { /* part of *iov was written: the rest of it next */
+      iov->iov_base = (uint8_t *)iov->iov_base + done;
+      iov->iov_len -= done;
+    }
+  }
+  return 0;
+}
+
 int hd_slog_write(hd_slog_t *l, bool nosync) {
   room(l, 0); /* a buffer even for an empty batch */
   uint8_t *h = l->buf;
@@ -224,12 +260,21 @@ int hd_slog_write(hd_slog_t *l, bool nosync) {
   hd_put64(h + 8, l->next_lsn);
   hd_put32(h + 16, (uint32_t)l->len);
   hd_put32(h + 20, l->nops);
+  hd_put32(h + 24, (uint32_t)l->body_bytes);
+  hd_put32(h + 28, 0);
   hd_put32(h + 4, hd_crc32c(0, h + 8, HD_SLOG_HDR - 8 + l->len));
   int fd = l->fd[l->cur];
-  int rc = write_all(fd, h, HD_SLOG_HDR + l->len, l->off);
+  size_t total = HD_SLOG_HDR + l->len + l->body_bytes;
+  int rc;
+  if (l->niov <= 1) {
+    rc = write_all(fd, h, HD_SLOG_HDR + l->len, l->off);
+  } else {
+    l->iov[0] = (struct iovec){h, HD_SLOG_HDR + l->len};
+    rc = writev_all(fd, l->iov, l->niov, l->off);
+  }
   if (!rc && !nosync && fdatasync(fd) != 0) rc = -errno;
   if (rc) return rc;
-  l->off += HD_SLOG_HDR + l->len;
+  l->off += total;
   l->next_lsn++;
   return 0;
 }
@@ -253,8 +298,9 @@ int hd_slog_switch(hd_slog_t *l) {
 
 /* ---- reading back ------------------------------------------------------- */
 
-static int parse_ops(const uint8_t *p, size_t len, uint32_t nops, int (*fn)(const hd_slog_op_t *op, void *arg),
-                     void *arg) {
+/* Format 2's payload: records with each put's body inline after it. */
+static int parse_v2(const uint8_t *p, size_t len, uint32_t nops, int (*fn)(const hd_slog_op_t *op, void *arg),
+                    void *arg) {
   const uint8_t *end = p + len;
   for (uint32_t i = 0; i < nops; i++) {
     hd_slog_op_t op = {0};
@@ -294,6 +340,57 @@ static int parse_ops(const uint8_t *p, size_t len, uint32_t nops, int (*fn)(cons
   return p == end ? 0 : HD_EPROTO;
 }
 
+/* Format 3's records and bodies (store_log.h).  With fn NULL, only check:
+ * HD_EPROTO for records that do not parse (their crc checked out, so the
+ * writer wrote them so), 1 for a body whose crc does not match (torn: the
+ * crash came before the whole batch was on disk). */
+static int parse_v3(const uint8_t *p, size_t len, uint32_t nops, const uint8_t *bodies, size_t blen,
+                    int (*fn)(const hd_slog_op_t *op, void *arg), void *arg) {
+  const uint8_t *end = p + len;
+  size_t boff = 0;
+  for (uint32_t i = 0; i < nops; i++) {
+    hd_slog_op_t op = {0};
+    if (end - p < 20) return HD_EPROTO;
+    op.kind = p[0];
+    switch (op.kind) {
+    case HD_SLOG_PUT:
+      if (end - p < 40) return HD_EPROTO;
+      op.flags = p[1];
+      op.delivery_count = hd_get32(p + 4);
+      op.node = hd_get64(p + 8);
+      op.seq = hd_get64(p + 16);
+      op.expiry_ms = hd_get64(p + 24);
+      op.len = hd_get32(p + 32);
+      op.crc = hd_get32(p + 36);
+      if (blen - boff < op.len) return HD_EPROTO;
+      op.bytes = bodies + boff;
+      boff += op.len;
+      if (!fn && hd_crc32c(0, op.bytes, op.len) != op.crc) return 1;
+      p += 40;
+      break;
+    case HD_SLOG_UPDATE:
+      if (end - p < 24) return HD_EPROTO;
+      op.delivery_count = hd_get32(p + 4);
+      op.node = hd_get64(p + 8);
+      op.seq = hd_get64(p + 16);
+      p += 24;
+      break;
+    case HD_SLOG_DEL:
+    case HD_SLOG_HWM:
+      op.node = hd_get64(p + 4);
+      op.seq = hd_get64(p + 12);
+      p += 20;
+      break;
+    default: return HD_EPROTO;
+    }
+    if (fn) {
+      int rc = fn(&op, arg);
+      if (rc) return rc < 0 ? rc : -rc;
+    }
+  }
+  return p == end && boff == blen ? 0 : HD_EPROTO;
+}
+
 /* One file's batches from offset 0 while they check out and carry the
  * expected LSNs (*next, moved on past each). */
 static long replay_file(const char *path, int (*fn)(const hd_slog_op_t *op, void *arg), void *arg, uint64_t *next,
@@ -306,29 +403,44 @@ static long replay_file(const char *path, int (*fn)(const hd_slog_op_t *op, void
   uint8_t *buf = NULL;
   size_t cap = 0;
   int rc = 0;
-  while (off + HD_SLOG_HDR <= size) {
+  while (off + HD_SLOG_HDR_V2 <= size) {
     uint8_t h[HD_SLOG_HDR];
-    if (pread(fd, h, HD_SLOG_HDR, (off_t)off) != HD_SLOG_HDR) {
+    size_t hl = off + HD_SLOG_HDR <= size ? HD_SLOG_HDR : HD_SLOG_HDR_V2;
+    if (pread(fd, h, hl, (off_t)off) != (ssize_t)hl) {
       rc = -EIO;
       break;
     }
-    uint64_t len = hd_get32(h + 16);
-    if (hd_get32(h) != HD_SLOG_MAGIC || hd_get64(h + 8) != *next || len > size - off - HD_SLOG_HDR) break;
-    if (len > cap) {
-      cap = len;
+    uint32_t magic = hd_get32(h);
+    bool v3 = magic == HD_SLOG_MAGIC;
+    if (!(v3 ? hl == HD_SLOG_HDR : magic == HD_SLOG_MAGIC_V2) || hd_get64(h + 8) != *next) break;
+    size_t hdr = v3 ? HD_SLOG_HDR : HD_SLOG_HDR_V2;
+    uint64_t len = hd_get32(h + 16), blen = v3 ? hd_get32(h + 24) : 0;
+    if (len + blen > size - off - hdr) break;
+    if (len + blen > cap) {
+      cap = len + blen;
       buf = hd_xrealloc(buf, cap ? cap : 1);
     }
-    if (len && pread(fd, buf, len, (off_t)(off + HD_SLOG_HDR)) != (ssize_t)len) {
+    if (len + blen && pread(fd, buf, len + blen, (off_t)(off + hdr)) != (ssize_t)(len + blen)) {
       rc = -EIO;
       break;
     }
-    uint32_t crc = hd_crc32c(hd_crc32c(0, h + 8, HD_SLOG_HDR - 8), buf, len);
+    uint32_t crc = hd_crc32c(hd_crc32c(0, h + 8, hdr - 8), buf, len);
     if (crc != hd_get32(h + 4)) break; /* torn: never flushed whole, never promised */
-    if ((rc = parse_ops(buf, len, hd_get32(h + 20), fn, arg))) break;
-    if (ops) *ops += hd_get32(h + 20);
+    uint32_t nops = hd_get32(h + 20);
+    if (v3) {
+      /* Every body checks out before any operation is applied. */
+      if ((rc = parse_v3(buf, len, nops, buf + len, blen, NULL, NULL)) == 1) {
+        rc = 0;
+        break;
+      }
+      if (rc || (rc = parse_v3(buf, len, nops, buf + len, blen, fn, arg))) break;
+    } else if ((rc = parse_v2(buf, len, nops, fn, arg))) {
+      break;
+    }
+    if (ops) *ops += nops;
     batches++;
     (*next)++;
-    off += HD_SLOG_HDR + len;
+    off += hdr + len + blen;
   }
   free(buf);
   close(fd);

@@ -16,9 +16,17 @@
  * written to LMDB, however full the log.
  *
  * Layout of a file: batches one after another from offset 0, each
- *     magic u32 | crc32c u32 | lsn u64 | payload length u32 | op count u32
- * then the payload (operations, store_log.c).  The crc covers everything
- * after itself.  LSNs follow one another without gaps, across the two
+ *     magic u32 | crc32c u32 | lsn u64 | records length u32 | op count u32 |
+ *     bodies length u32 | 0 u32
+ * then the records (one per operation, store_log.c), then the bodies of
+ * the puts in record order.  The crc covers the header after itself and
+ * the records; each put's record holds the crc32c of its body, computed by
+ * the thread that submitted the put while the message was still in its
+ * cache.  So the writer never reads a message: the bodies go from the
+ * messages to the file in one pwritev.  (Format 2's batches, magic "HDLG",
+ * had a 24-byte header, payload length and op count, and one crc over
+ * records with their bodies inline; they are still read, so that a
+ * format-2 store's log is replayed.)  LSNs follow one another without gaps, across the two
  * files; LMDB's meta records "log-lsn" and "log-file" hold the LSN the log
  * starts with since the last checkpoint and the file it starts in (at
  * offset 0).  Reading goes through that file while its batches check out,
@@ -36,9 +44,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
-#define HD_SLOG_MAGIC 0x48444c47u /* "HDLG" */
-#define HD_SLOG_HDR 24
+#define HD_SLOG_MAGIC 0x48444c33u    /* "HDL3" */
+#define HD_SLOG_MAGIC_V2 0x48444c47u /* "HDLG", format 2: read only */
+#define HD_SLOG_HDR 32
+#define HD_SLOG_HDR_V2 24
 
 /* Operation records inside a batch's payload. */
 enum { HD_SLOG_PUT = 1, HD_SLOG_DEL = 2, HD_SLOG_UPDATE = 3, HD_SLOG_HWM = 6 };
@@ -49,8 +60,9 @@ typedef struct hd_slog_op {
   uint32_t delivery_count; /* PUT, UPDATE */
   uint64_t node, seq;      /* HWM: seq is the mark */
   uint64_t expiry_ms;      /* PUT */
-  const uint8_t *bytes;    /* PUT: the message, borrowed */
+  const uint8_t *bytes;    /* PUT: the message, borrowed (until the batch is written) */
   size_t len;
+  uint32_t crc; /* PUT: hd_crc32c(0, bytes, len) */
 } hd_slog_op_t;
 
 #define HD_SLOG_FILES 2
@@ -64,10 +76,13 @@ typedef struct hd_slog {
   uint64_t off;                 /* where the next batch goes in it */
   uint64_t first_lsn;           /* LSN of its first batch since it was started */
   uint64_t next_lsn;
-  /* the batch being built */
+  /* the batch being built: header and records in buf, bodies by reference */
   uint8_t *buf;
-  size_t len, cap;
+  size_t len, cap; /* records' bytes (after the header), buf's size */
   uint32_t nops;
+  struct iovec *iov; /* iov[0] is buf, then one per put body */
+  size_t niov, iov_cap;
+  size_t body_bytes;
 } hd_slog_t;
 
 uint32_t hd_crc32c(uint32_t crc, const void *p, size_t n);
@@ -81,7 +96,7 @@ void hd_slog_close(hd_slog_t *l);
 void hd_slog_begin(hd_slog_t *l);
 void hd_slog_add(hd_slog_t *l, const hd_slog_op_t *op);
 /* Bytes the batch being built will take in the file. */
-static inline size_t hd_slog_batch_bytes(const hd_slog_t *l) { return HD_SLOG_HDR + l->len; }
+static inline size_t hd_slog_batch_bytes(const hd_slog_t *l) { return HD_SLOG_HDR + l->len + l->body_bytes; }
 /* Room for the batch at the current offset, growing the file if allowed
  * (and the filesystem has `spare` bytes beyond the growth)?  false: the
  * writer must go on in the other file (hd_slog_switch, after a checkpoint

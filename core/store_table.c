@@ -261,6 +261,9 @@ int hd_table_apply(hd_table_t *t, hd_table_t *older, const hd_slog_op_t *op, hd_
       memcpy(m->buf, op->bytes, op->len);
       m->expiry_ms = op->expiry_ms;
     }
+    /* Seqs are not reused; if one were, the later put must win here too
+     * (the older table is written to LMDB first). */
+    if (older) hd_table_drop(older, op->node, op->seq);
     hd_table_put(t, op->node, op->seq, op->flags, op->delivery_count, m);
     if (!msg) hd_msg_unref(m);
     break;

@@ -18,6 +18,7 @@
 
 #include "hadron/module.h"
 #include "message.h"
+#include "store_format.h"
 #include "store_log.h"
 #include "store_table.h"
 
@@ -69,7 +70,7 @@ static void write_batch(hd_slog_t *l, uint64_t seq) {
   int n = snprintf(body, sizeof body, "m%llu", (unsigned long long)seq);
   hd_slog_begin(l);
   hd_slog_op_t put = {.kind = HD_SLOG_PUT, .node = 7, .seq = seq, .bytes = (const uint8_t *)body,
-                      .len = (size_t)n, .expiry_ms = 99, .delivery_count = 2};
+                      .len = (size_t)n, .expiry_ms = 99, .delivery_count = 2, .crc = hd_crc32c(0, body, (size_t)n)};
   hd_slog_add(l, &put);
   hd_slog_op_t del = {.kind = HD_SLOG_DEL, .node = 7, .seq = seq - 1};
   hd_slog_add(l, &del);
@@ -184,7 +185,8 @@ static void t_full_log_does_not_fit(void **state) {
   hd_slog_restart(&l, 0, 1);
   uint8_t body[3000] = {0};
   hd_slog_begin(&l);
-  hd_slog_op_t put = {.kind = HD_SLOG_PUT, .node = 1, .seq = 1, .bytes = body, .len = sizeof body};
+  hd_slog_op_t put = {.kind = HD_SLOG_PUT, .node = 1, .seq = 1, .bytes = body, .len = sizeof body,
+                      .crc = hd_crc32c(0, body, sizeof body)};
   hd_slog_add(&l, &put);
   assert_true(hd_slog_fits(&l, 0));
   assert_int_equal(hd_slog_write(&l, true), 0);
@@ -368,6 +370,99 @@ static void t_table_rings(void **state) {
 }
 
 
+/* Replay callback for t_batch_of_many_bodies: counts operations and puts
+ * whose body is not "b<seq - 1>". */
+typedef struct count {
+  int n, bad;
+} count_t;
+
+static int replay_count(const hd_slog_op_t *op, void *arg) {
+  count_t *c = arg;
+  c->n++;
+  if (op->kind == HD_SLOG_PUT && op->seq <= 3000) {
+    char want[16];
+    int n = snprintf(want, sizeof want, "b%d", (int)op->seq - 1);
+    if (op->len != (size_t)n || memcmp(op->bytes, want, op->len) != 0) c->bad++;
+  }
+  return 0;
+}
+
+/* Format 2's batches (a 24-byte header, bodies inline, one crc over all),
+ * as a format-2 hadrond left them: read back, and followed by format 3's. */
+static void t_format2_batches_are_read(void **state) {
+  (void)state;
+  char path[128];
+  snprintf(path, sizeof path, "%s/log", dir);
+  int fd = open(path, O_RDWR | O_CREAT, 0640);
+  assert_true(fd >= 0);
+  uint64_t off = 0;
+  for (uint64_t seq = 1; seq <= 2; seq++) {
+    uint8_t b[HD_SLOG_HDR_V2 + 36 + 2 + 20] = {0}, *p = b + HD_SLOG_HDR_V2;
+    p[0] = HD_SLOG_PUT;
+    hd_put32(p + 4, 5);
+    hd_put64(p + 8, 7);
+    hd_put64(p + 16, seq);
+    hd_put32(p + 32, 2);
+    p[36] = 'v';
+    p[37] = (uint8_t)('0' + seq);
+    p += 38;
+    p[0] = HD_SLOG_DEL;
+    hd_put64(p + 4, 7);
+    hd_put64(p + 12, seq + 100);
+    hd_put32(b, HD_SLOG_MAGIC_V2);
+    hd_put64(b + 8, 40 + seq);
+    hd_put32(b + 16, sizeof b - HD_SLOG_HDR_V2);
+    hd_put32(b + 20, 2);
+    hd_put32(b + 4, hd_crc32c(0, b + 8, sizeof b - 8));
+    assert_int_equal(pwrite(fd, b, sizeof b, (off_t)off), (ssize_t)sizeof b);
+    off += sizeof b;
+  }
+  close(fd);
+  seen_t s = {0};
+  uint64_t next, ops;
+  assert_int_equal(hd_slog_replay(dir, 0, 41, record, &s, &next, &ops), 2);
+  assert_int_equal(next, 43);
+  assert_int_equal(s.n, 4);
+  assert_string_equal(s.bytes[0], "v1");
+  assert_int_equal(s.kinds[3], HD_SLOG_DEL);
+  assert_int_equal(s.seqs[3], 102);
+  /* The broker goes on after them in format 3, in the same file. */
+  hd_slog_t l;
+  assert_int_equal(hd_slog_open(&l, dir, 1u << 20), 0);
+  hd_slog_restart(&l, 0, 43);
+  l.off = off;
+  write_batch(&l, 3);
+  hd_slog_close(&l);
+  memset(&s, 0, sizeof s);
+  assert_int_equal(hd_slog_replay(dir, 0, 41, record, &s, &next, &ops), 3);
+  assert_string_equal(s.bytes[4], "m3");
+}
+
+/* A batch of more bodies than one pwritev takes (IOV_MAX). */
+static void t_batch_of_many_bodies(void **state) {
+  (void)state;
+  hd_slog_t l;
+  assert_int_equal(hd_slog_open(&l, dir, 1u << 20), 0);
+  hd_slog_restart(&l, 0, 1);
+  static char bodies[3000][8];
+  hd_slog_begin(&l);
+  for (int i = 0; i < 3000; i++) {
+    int n = snprintf(bodies[i], sizeof bodies[i], "b%d", i);
+    hd_slog_op_t put = {.kind = HD_SLOG_PUT, .node = 1, .seq = (uint64_t)i + 1, .bytes = (uint8_t *)bodies[i],
+                        .len = (size_t)n, .crc = hd_crc32c(0, bodies[i], (size_t)n)};
+    hd_slog_add(&l, &put);
+  }
+  assert_true(hd_slog_fits(&l, 0));
+  assert_int_equal(hd_slog_write(&l, true), 0);
+  write_batch(&l, 5000);
+  hd_slog_close(&l);
+  count_t c = {0, 0};
+  uint64_t next, ops;
+  assert_int_equal(hd_slog_replay(dir, 0, 1, replay_count, &c, &next, &ops), 2);
+  assert_int_equal(c.n, 3002);
+  assert_int_equal(c.bad, 0);
+}
+
 /* ---- the two files, as the store's writer uses them (store.c) -------------- */
 
 static void t_two_files_replay_in_turn(void **state) {
@@ -379,6 +474,7 @@ static void t_two_files_replay_in_turn(void **state) {
   assert_int_equal(l.first_lsn, 13);
   write_batch(&l, 4);
   write_batch(&l, 5); /* LSNs 13-14 in file 1 */
+  uint64_t end1 = l.off;
   seen_t s = {0};
   uint64_t next, ops;
   /* From file 0: all five, in LSN order. */
@@ -402,10 +498,6 @@ static void t_two_files_replay_in_turn(void **state) {
   hd_slog_close(&l);
   char path[128];
   snprintf(path, sizeof path, "%s/log.1", dir);
-  struct stat st;
-  assert_int_equal(stat(path, &st), 0);
-  uint64_t end1 = 0;
-  for (int i = 0; i < 2; i++) end1 += HD_SLOG_HDR + 36 + 2 + 20; /* a put of "mN" and a delete */
   int fd = open(path, O_RDWR);
   assert_true(fd >= 0);
   uint8_t b;
@@ -514,7 +606,7 @@ static void t_two_files_protocol(void **state) {
         int len = snprintf(body, sizeof body, "m%llu", (unsigned long long)seq);
         msgs[i] = msg(body);
         ops[i] = (hd_slog_op_t){.kind = HD_SLOG_PUT, .node = node, .seq = seq, .delivery_count = 0,
-                                .bytes = msgs[i]->buf, .len = (size_t)len};
+                                .bytes = msgs[i]->buf, .len = (size_t)len, .crc = hd_crc32c(0, msgs[i]->buf, (size_t)len)};
         want.dc[node][seq] = 0;
         want.maxseq[node] = seq;
       } else if (what < 85 && want.dc[node][seq] >= 0) { /* deletes of live messages, old or new */
@@ -585,6 +677,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(t_full_log_does_not_fit, setup, teardown),
       cmocka_unit_test(t_table),
       cmocka_unit_test(t_table_rings),
+      cmocka_unit_test_setup_teardown(t_format2_batches_are_read, setup, teardown),
+      cmocka_unit_test_setup_teardown(t_batch_of_many_bodies, setup, teardown),
       cmocka_unit_test_setup_teardown(t_two_files_replay_in_turn, setup, teardown),
       cmocka_unit_test_setup_teardown(t_two_files_protocol, setup, teardown),
   };
