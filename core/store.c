@@ -892,6 +892,10 @@ static int move_table(hd_store_t *s, const hd_table_t *tb, log_start_t start) {
   /* With store-flush = interval those commits were not flushed, and the
    * log that holds the same is about to be overwritten. */
   if (!rc && start.lsn && s->opts.flush_interval) rc = mdb_env_sync(s->env, 1);
+  /* Some of the table may be in LMDB now, and the table stays as it is: a
+   * delete logged next would cancel a put there and never reach LMDB.
+   * Nothing is logged until a full checkpoint has succeeded. */
+  if (rc) s->log_broken = true;
   return rc;
 }
 
@@ -901,8 +905,11 @@ static int move_table(hd_store_t *s, const hd_table_t *tb, log_start_t start) {
  * every commit goes to LMDB as it would without a log. */
 static bool log_room(hd_store_t *s) {
   struct statvfs fs;
+  uint64_t want;
   if (!s->opts.log_size || statvfs(s->dir, &fs) != 0) return false;
-  return (uint64_t)fs.f_bavail * fs.f_frsize >= s->opts.reserve + 6 * s->opts.log_size;
+  if (s->opts.log_size > UINT64_MAX / 8 || __builtin_add_overflow(s->opts.reserve, 6 * s->opts.log_size, &want))
+    return false;
+  return (uint64_t)fs.f_bavail * fs.f_frsize >= want;
 }
 
 /* Move what both files hold into LMDB and start the log again, in the
@@ -935,7 +942,10 @@ static int switch_files(hd_store_t *s) {
   s->log_lsn = s->log.first_lsn;
   s->log_file = full;
   hd_table_clear(&s->tables[1 - full]);
-  if ((rc = hd_slog_switch(&s->log))) return -rc;
+  if ((rc = hd_slog_switch(&s->log))) {
+    s->log_broken = true; /* the full file may have a hole: start again from memory */
+    return -rc;
+  }
   s->log_usable = log_room(s);
   atomic_fetch_add(&s->checkpoints, 1);
   atomic_fetch_add(&s->log_switches, 1);
@@ -966,6 +976,12 @@ static bool to_log_op(const hd_store_op_t *op, hd_slog_op_t *lo) {
  * it did not fit even in an empty file; it must go to LMDB. */
 static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
   *done = false;
+  /* An older format is raised before anything is logged: a build of that
+   * format would stop at this build's first batch instead of refusing the
+   * store.  (Not at start-up: a store refused later in start-up stays as
+   * it was.) */
+  int rc;
+  if (s->format != HD_STORE_FORMAT && (rc = checkpoint(s, true))) return rc;
   hd_slog_begin(&s->log);
   hd_slog_op_t lo;
   for (hd_store_op_t *op = b->head; op; op = op->next)
@@ -975,21 +991,27 @@ static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
     *done = true;
     return 0;
   }
+  /* Too large for a file, or for one replay read: to LMDB. */
+  uint64_t bytes = hd_slog_batch_bytes(&s->log);
+  if (bytes > s->opts.log_size || bytes > HD_SLOG_MAX_BATCH) return 0;
   uint64_t spare = s->opts.reserve + s->opts.log_size;
   if (!hd_slog_fits(&s->log, spare)) {
     /* A file that holds nothing yet cannot take it either: to LMDB. */
     if (s->log.off == 0) return 0;
-    int rc = switch_files(s);
+    rc = switch_files(s);
     if (rc) return rc;
     if (!s->log_usable || !hd_slog_fits(&s->log, spare)) return 0;
   }
-  int rc = hd_slog_write(&s->log, s->opts.flush_interval);
+  rc = hd_slog_write(&s->log, s->opts.flush_interval);
   if (rc) {
-    /* The batch may be on disk in part or whole with this LSN: it is never
-     * used again, and the log starts again (at the next commit) after a
-     * checkpoint, so that no replay reads it. */
+    /* The batch may be on disk in part or whole with this LSN, and a
+     * replay would read it if it checks out: its producers are about to
+     * hear that it failed.  The LSN is never used again, and LMDB's log
+     * starts past it before they hear (or, if that fails too, before
+     * anything else is logged). */
     s->log.next_lsn++;
     s->log_broken = true;
+    (void)checkpoint(s, true);
     return -rc;
   }
   atomic_fetch_add(&s->log_batches, 1);
@@ -1222,7 +1244,9 @@ static void *writer_main(void *arg) {
     }
     if (s->opts.flush_interval && dirty && hd_now_mono_ms() >= next_sync) {
       mdb_env_sync(s->env, 1);
-      hd_slog_sync(&s->log);
+      /* After a failed flush the file may have a hole that would stop a
+       * replay short: start the log again from memory. */
+      if (hd_slog_sync(&s->log) != 0) s->log_broken = true;
       atomic_fetch_add(&s->syncs, 1);
       dirty = false;
       next_sync = hd_now_mono_ms() + s->opts.interval_ms;

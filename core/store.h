@@ -99,7 +99,9 @@ typedef struct hd_store_opts {
 } hd_store_opts_t;
 
 /* Open (creating if needed) and check the format.  err names the problem
- * and what to do.  Nothing is written to an existing store here. */
+ * and what to do.  A store that is refused is left as it was; one that
+ * opens has what its log held moved into LMDB (an older format is raised
+ * to HD_STORE_FORMAT then, or before the first commit to the log). */
 int hd_store_open(const char *data_dir, const hd_store_opts_t *opts, hd_store_t **out, char *err,
                   size_t errlen);
 /* Start the writer thread (after recovery). */

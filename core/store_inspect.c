@@ -166,7 +166,7 @@ int hd_store_info(const char *data_dir, void (*say)(const char *line, void *arg)
   sayf(&o, "store %s/store: format %" PRIu64 "%s, %" PRIu64 " KiB used of a %" PRIu64 " KiB map, %" PRIu64 " messages",
        data_dir, r.format,
        r.format == HD_STORE_FORMAT ? ""
-       : r.format >= 1 && r.format < HD_STORE_FORMAT ? " (older: hadrond upgrades it at its first checkpoint)"
+       : r.format >= 1 && r.format < HD_STORE_FORMAT ? " (older: hadrond raises it before it logs a commit)"
                                    : " (not a format this build reads)",
        used >> 10, (uint64_t)ei.me_mapsize >> 10, total);
   if (r.log_batches > 0)

@@ -119,6 +119,7 @@ void hd_slog_begin(hd_slog_t *l) {
 }
 
 static void add_body(hd_slog_t *l, const uint8_t *p, size_t n) {
+  if (!n) return; /* pwritev would write nothing for a run of these and look stuck */
   if (l->niov >= l->iov_cap) {
     l->iov_cap = l->iov_cap ? l->iov_cap * 2 : 256;
     l->iov = hd_xrealloc(l->iov, l->iov_cap * sizeof *l->iov);
@@ -391,6 +392,20 @@ static int parse_v3(const uint8_t *p, size_t len, uint32_t nops, const uint8_t *
   return p == end && boff == blen ? 0 : HD_EPROTO;
 }
 
+/* n bytes at off, or -errno (-EIO if the file ends first). */
+static int pread_all(int fd, uint8_t *p, size_t n, uint64_t off) {
+  while (n) {
+    ssize_t r = pread(fd, p, n, (off_t)off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return -errno;
+    if (r == 0) return -EIO;
+    p += r;
+    n -= (size_t)r;
+    off += (uint64_t)r;
+  }
+  return 0;
+}
+
 /* One file's batches from offset 0 while they check out and carry the
  * expected LSNs (*next, moved on past each). */
 static long replay_file(const char *path, int (*fn)(const hd_slog_op_t *op, void *arg), void *arg, uint64_t *next,
@@ -420,10 +435,7 @@ static long replay_file(const char *path, int (*fn)(const hd_slog_op_t *op, void
       cap = len + blen;
       buf = hd_xrealloc(buf, cap ? cap : 1);
     }
-    if (len + blen && pread(fd, buf, len + blen, (off_t)(off + hdr)) != (ssize_t)(len + blen)) {
-      rc = -EIO;
-      break;
-    }
+    if (len + blen && (rc = pread_all(fd, buf, len + blen, off + hdr))) break;
     uint32_t crc = hd_crc32c(hd_crc32c(0, h + 8, hdr - 8), buf, len);
     if (crc != hd_get32(h + 4)) break; /* torn: never flushed whole, never promised */
     uint32_t nops = hd_get32(h + 20);

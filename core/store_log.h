@@ -50,6 +50,8 @@
 #define HD_SLOG_MAGIC_V2 0x48444c47u /* "HDLG", format 2: read only */
 #define HD_SLOG_HDR 32
 #define HD_SLOG_HDR_V2 24
+/* Larger batches go to LMDB: a replay reads a batch in one buffer. */
+#define HD_SLOG_MAX_BATCH (1u << 30)
 
 /* Operation records inside a batch's payload. */
 enum { HD_SLOG_PUT = 1, HD_SLOG_DEL = 2, HD_SLOG_UPDATE = 3, HD_SLOG_HWM = 6 };

@@ -244,7 +244,8 @@ class FixtureStartTest(StoreCase):
         with self.b:
             self.assertIn("queue 'fx.q', recovered 3 messages", self.b.log())
             self.assertEqual(["one", "two", "three"], receive_bodies(self.b.url(), "fx.q"))
-            # The first checkpoint (here: the clean stop) raises it to format 3.
+            # Raised to format 3 before the first commit to the log (here the
+            # deletes of the three messages), not at start-up.
             self.b.stop()
             self.assertIn("upgraded from format 1 to 3", self.b.log())
             code, out, err = store_tool("-d", self.b.data_dir, "info")
@@ -305,7 +306,7 @@ class ToolTest(StoreCase):
         self.load("store-v1")
         code, out, err = store_tool("-d", self.b.data_dir, "info")
         self.assertEqual(0, code, err)
-        self.assertRegex(out, r"(?m)^store .*: format [13](?: \(older: hadrond upgrades it at its first checkpoint\))?, \d+ KiB used of a \d+ KiB map, 3 messages$")
+        self.assertRegex(out, r"(?m)^store .*: format [13](?: \(older: hadrond raises it before it logs a commit\))?, \d+ KiB used of a \d+ KiB map, 3 messages$")
         self.assertIn("queue 'fx.q' (id 1): 3 messages", out)
         code, out, err = store_tool("-d", self.b.data_dir, "check")
         self.assertEqual((0, ""), (code, err), out)
