@@ -299,41 +299,55 @@ int hd_slog_switch(hd_slog_t *l) {
 
 /* ---- reading back ------------------------------------------------------- */
 
+/* What both formats' records share: a put's first 36 bytes (format 2's
+ * whole record head; format 3 adds the body's crc), an update, a delete or
+ * a mark.  Moves *pp past them; HD_EPROTO if they do not fit or the kind
+ * is unknown. */
+static int parse_common(const uint8_t **pp, const uint8_t *end, hd_slog_op_t *op) {
+  const uint8_t *p = *pp;
+  if (end - p < 20) return HD_EPROTO;
+  op->kind = p[0];
+  switch (op->kind) {
+  case HD_SLOG_PUT:
+    if (end - p < 36) return HD_EPROTO;
+    op->flags = p[1];
+    op->delivery_count = hd_get32(p + 4);
+    op->node = hd_get64(p + 8);
+    op->seq = hd_get64(p + 16);
+    op->expiry_ms = hd_get64(p + 24);
+    op->len = hd_get32(p + 32);
+    p += 36;
+    break;
+  case HD_SLOG_UPDATE:
+    if (end - p < 24) return HD_EPROTO;
+    op->delivery_count = hd_get32(p + 4);
+    op->node = hd_get64(p + 8);
+    op->seq = hd_get64(p + 16);
+    p += 24;
+    break;
+  case HD_SLOG_DEL:
+  case HD_SLOG_HWM:
+    op->node = hd_get64(p + 4);
+    op->seq = hd_get64(p + 12);
+    p += 20;
+    break;
+  default: return HD_EPROTO;
+  }
+  *pp = p;
+  return 0;
+}
+
 /* Format 2's payload: records with each put's body inline after it. */
 static int parse_v2(const uint8_t *p, size_t len, uint32_t nops, int (*fn)(const hd_slog_op_t *op, void *arg),
                     void *arg) {
   const uint8_t *end = p + len;
   for (uint32_t i = 0; i < nops; i++) {
     hd_slog_op_t op = {0};
-    if (end - p < 20) return HD_EPROTO;
-    op.kind = p[0];
-    switch (op.kind) {
-    case HD_SLOG_PUT:
-      if (end - p < 36) return HD_EPROTO;
-      op.flags = p[1];
-      op.delivery_count = hd_get32(p + 4);
-      op.node = hd_get64(p + 8);
-      op.seq = hd_get64(p + 16);
-      op.expiry_ms = hd_get64(p + 24);
-      op.len = hd_get32(p + 32);
-      if ((size_t)(end - p - 36) < op.len) return HD_EPROTO;
-      op.bytes = p + 36;
-      p += 36 + op.len;
-      break;
-    case HD_SLOG_UPDATE:
-      if (end - p < 24) return HD_EPROTO;
-      op.delivery_count = hd_get32(p + 4);
-      op.node = hd_get64(p + 8);
-      op.seq = hd_get64(p + 16);
-      p += 24;
-      break;
-    case HD_SLOG_DEL:
-    case HD_SLOG_HWM:
-      op.node = hd_get64(p + 4);
-      op.seq = hd_get64(p + 12);
-      p += 20;
-      break;
-    default: return HD_EPROTO;
+    if (parse_common(&p, end, &op)) return HD_EPROTO;
+    if (op.kind == HD_SLOG_PUT) {
+      if ((size_t)(end - p) < op.len) return HD_EPROTO;
+      op.bytes = p;
+      p += op.len;
     }
     int rc = fn(&op, arg);
     if (rc) return rc < 0 ? rc : -rc;
@@ -351,38 +365,14 @@ static int parse_v3(const uint8_t *p, size_t len, uint32_t nops, const uint8_t *
   size_t boff = 0;
   for (uint32_t i = 0; i < nops; i++) {
     hd_slog_op_t op = {0};
-    if (end - p < 20) return HD_EPROTO;
-    op.kind = p[0];
-    switch (op.kind) {
-    case HD_SLOG_PUT:
-      if (end - p < 40) return HD_EPROTO;
-      op.flags = p[1];
-      op.delivery_count = hd_get32(p + 4);
-      op.node = hd_get64(p + 8);
-      op.seq = hd_get64(p + 16);
-      op.expiry_ms = hd_get64(p + 24);
-      op.len = hd_get32(p + 32);
-      op.crc = hd_get32(p + 36);
-      if (blen - boff < op.len) return HD_EPROTO;
+    if (parse_common(&p, end, &op)) return HD_EPROTO;
+    if (op.kind == HD_SLOG_PUT) {
+      if (end - p < 4 || blen - boff < op.len) return HD_EPROTO;
+      op.crc = hd_get32(p);
+      p += 4;
       op.bytes = bodies + boff;
       boff += op.len;
       if (!fn && hd_crc32c(0, op.bytes, op.len) != op.crc) return 1;
-      p += 40;
-      break;
-    case HD_SLOG_UPDATE:
-      if (end - p < 24) return HD_EPROTO;
-      op.delivery_count = hd_get32(p + 4);
-      op.node = hd_get64(p + 8);
-      op.seq = hd_get64(p + 16);
-      p += 24;
-      break;
-    case HD_SLOG_DEL:
-    case HD_SLOG_HWM:
-      op.node = hd_get64(p + 4);
-      op.seq = hd_get64(p + 12);
-      p += 20;
-      break;
-    default: return HD_EPROTO;
     }
     if (fn) {
       int rc = fn(&op, arg);
