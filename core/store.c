@@ -63,6 +63,7 @@ struct hd_store {
   bool log_open; /* for a failed open's clean-up: a store that opened has its log */
   bool log_usable; /* the disk has room for it (log_room) */
   bool log_broken; /* a write to it failed: start it again before using it */
+  bool log_moved;  /* LMDB's log-lsn must move to the LSN this run starts at before the first batch */
   uint32_t room_looks;
   hd_table_t tables[HD_SLOG_FILES];
   uint64_t log_lsn; /* LMDB's "log-lsn": where the log starts since the last checkpoint */
@@ -917,14 +918,19 @@ static bool log_room(hd_store_t *s) {
  * commit goes to LMDB directly, which must not overtake the log). */
 static int checkpoint(hd_store_t *s, bool force) {
   hd_table_t *cur = &s->tables[s->log.cur], *older = &s->tables[1 - s->log.cur];
-  if (!force && !s->log_broken && s->log.next_lsn == s->log_lsn && hd_table_empty(cur) && hd_table_empty(older))
+  /* Nothing logged since the log last started, and nothing pending:
+   * LMDB already has it all (a replay from its log-lsn finds nothing that
+   * changes it).  Not even log-lsn moves: a store that takes no commits
+   * is not written to. */
+  if (!force && !s->log_broken && s->log.next_lsn == s->log.first_lsn && hd_table_empty(cur) &&
+      hd_table_empty(older))
     return 0;
   int rc = move_table(s, older, (log_start_t){0, 0});
   if (!rc) rc = move_table(s, cur, (log_start_t){s->log.next_lsn, s->log.cur});
   if (rc) return rc;
   s->log_lsn = s->log.next_lsn;
   s->log_file = s->log.cur;
-  s->log_broken = false;
+  s->log_broken = s->log_moved = false;
   hd_table_clear(older);
   hd_table_clear(cur);
   hd_slog_restart(&s->log, s->log.cur, s->log_lsn);
@@ -978,10 +984,11 @@ static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
   *done = false;
   /* An older format is raised before anything is logged: a build of that
    * format would stop at this build's first batch instead of refusing the
-   * store.  (Not at start-up: a store refused later in start-up stays as
-   * it was.) */
+   * store.  LMDB's log-lsn moves to where this run's LSNs start (open_log)
+   * the same way.  (Not at start-up: a store refused later in start-up
+   * stays as it was.) */
   int rc;
-  if (s->format != HD_STORE_FORMAT && (rc = checkpoint(s, true))) return rc;
+  if ((s->format != HD_STORE_FORMAT || s->log_moved) && (rc = checkpoint(s, true))) return rc;
   hd_slog_begin(&s->log);
   hd_slog_op_t lo;
   for (hd_store_op_t *op = b->head; op; op = op->next)
@@ -1062,6 +1069,16 @@ static int open_log(hd_store_t *s, char *err, size_t errlen) {
                   "its log (%s/log and log.1) cannot be read: %s; nothing was changed; restore the data-dir "
                   "from a backup, or move the log away to start without what it holds",
                   s->dir, n == HD_EPROTO ? "a batch that checks out holds malformed operations" : hd_strerror((int)n));
+  }
+  /* This run's LSNs start above any batch the files can hold since
+   * log-lsn: a crashed run (store-flush = interval) may have left batches
+   * on disk past the first one it lost, and a later replay must never
+   * take one of those for a batch of this run that happens to end where
+   * it starts.  (At most one batch per HD_SLOG_HDR_V2 bytes.) */
+  uint64_t fresh = s->log_lsn + (s->log.size[0] + s->log.size[1]) / HD_SLOG_HDR_V2 + 1;
+  if (next < fresh) {
+    next = fresh;
+    s->log_moved = true;
   }
   /* LMDB's log starts in s->log_file: batches go there until it is full. */
   hd_slog_restart(&s->log, s->log_file, next);
