@@ -2,6 +2,7 @@
  * environment read-only, so it never changes what it looks at. */
 #include "config.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <lmdb.h>
 #include <stdarg.h>
@@ -27,6 +28,13 @@ typedef struct ro {
   hd_table_t log;
   long log_batches; /* < 0: the log cannot be read */
   uint64_t log_ops;
+  char log_err[96]; /* why, when it is not an errno */
+  /* The log's live puts, by node and seq, and how many of them LMDB does
+   * not have yet (after a crash in the middle of a checkpoint it has some:
+   * they must not be counted twice). */
+  hd_pend_t *pend;
+  size_t npend;
+  uint64_t log_new;
 } ro_t;
 
 typedef struct out {
@@ -54,6 +62,10 @@ static bool in_lmdb(ro_t *r, uint64_t node, uint64_t seq) {
   return mdb_get(r->txn, r->msgs, &k, &d) == 0;
 }
 
+static const char *log_problem(const ro_t *r) {
+  return r->log_err[0] ? r->log_err : hd_strerror((int)r->log_batches);
+}
+
 /* How many of LMDB's records the log deletes (at most `of`). */
 static uint64_t log_deleted(ro_t *r, uint64_t of) {
   uint64_t n = 0;
@@ -64,7 +76,8 @@ static uint64_t log_deleted(ro_t *r, uint64_t of) {
 /* A node's messages as LMDB and the log together say. */
 static void log_adjust(ro_t *r, uint64_t id, uint64_t *count, uint64_t *max_seq, uint64_t *hwm) {
   hd_table_t *t = &r->log;
-  *count += hd_table_live(t, id);
+  for (size_t i = 0; i < r->npend; i++)
+    if (r->pend[i].node == id && !in_lmdb(r, id, r->pend[i].seq)) (*count)++;
   for (size_t i = 0; i < t->dels.n; i++)
     if (t->dels.v[i].node == id && in_lmdb(r, id, t->dels.v[i].seq) && *count) (*count)--;
   for (size_t i = 0; i < t->maxseq.n; i++)
@@ -113,15 +126,20 @@ static int ro_open(const char *data_dir, ro_t *r, char *err, size_t errlen) {
     /* Format 1: no log-lsn yet, the log starts at 1; formats 1 and 2: in file 0. */
     uint64_t lsn = mdb_get(r->txn, r->meta, &lk, &d) == 0 && d.mv_size == 8 ? hd_get64(d.mv_data) : 1, next;
     uint64_t file = mdb_get(r->txn, r->meta, &fk, &d) == 0 && d.mv_size == 8 ? hd_get64(d.mv_data) : 0;
-    if (file >= HD_SLOG_FILES)
-      r->log_batches = HD_EPROTO;
-    else
+    if (file >= HD_SLOG_FILES) {
+      r->log_batches = -EINVAL;
+      snprintf(r->log_err, sizeof r->log_err, "its meta record log-file is %" PRIu64 " (0 or 1 expected)", file);
+    } else {
       r->log_batches = hd_slog_replay(path, (int)file, lsn, log_one, &r->log, &next, &r->log_ops);
+    }
   }
+  r->pend = hd_table_sorted(&r->log, &r->npend);
+  for (size_t i = 0; i < r->npend; i++) r->log_new += !in_lmdb(r, r->pend[i].node, r->pend[i].seq);
   return 0;
 }
 
 static void ro_close(ro_t *r) {
+  free(r->pend);
   hd_table_clear(&r->log);
   mdb_txn_abort(r->txn);
   mdb_env_close(r->env);
@@ -161,7 +179,7 @@ int hd_store_info(const char *data_dir, void (*say)(const char *line, void *arg)
   uint64_t used = (uint64_t)(ei.me_last_pgno + 1) * es.ms_psize;
   MDB_stat ms;
   mdb_stat(r.txn, r.msgs, &ms);
-  uint64_t total = ms.ms_entries + r.log.count;
+  uint64_t total = ms.ms_entries + r.log_new;
   total -= log_deleted(&r, total);
   sayf(&o, "store %s/store: format %" PRIu64 "%s, %" PRIu64 " KiB used of a %" PRIu64 " KiB map, %" PRIu64 " messages",
        data_dir, r.format,
@@ -172,7 +190,7 @@ int hd_store_info(const char *data_dir, void (*say)(const char *line, void *arg)
   if (r.log_batches > 0)
     sayf(&o, "log: %ld commits (%" PRIu64 " operations) not yet in LMDB; counted above", r.log_batches, r.log_ops);
   else if (r.log_batches < 0)
-    sayf(&o, "log: cannot be read (%s); the counts above are LMDB's alone", hd_strerror((int)r.log_batches));
+    sayf(&o, "log: cannot be read (%s); the counts above are LMDB's alone", log_problem(&r));
   MDB_cursor *c;
   mdb_cursor_open(r.txn, r.nodes, &c);
   MDB_val k, d;
@@ -209,7 +227,7 @@ long hd_store_check(const char *data_dir, void (*say)(const char *line, void *ar
   out_t o = {say, arg, 0};
   if (r.format < 1 || r.format > HD_STORE_FORMAT)
     problem(&o, "format %" PRIu64 ", this build reads formats 1 to %d", r.format, HD_STORE_FORMAT);
-  if (r.log_batches < 0) problem(&o, "its log cannot be read: %s", hd_strerror((int)r.log_batches));
+  if (r.log_batches < 0) problem(&o, "its log cannot be read: %s", log_problem(&r));
   if (r.log_batches > 0)
     sayf(&o, "log: %ld commits (%" PRIu64 " operations) not yet in LMDB; its messages are checked too",
          r.log_batches, r.log_ops);
@@ -264,10 +282,8 @@ long hd_store_check(const char *data_dir, void (*say)(const char *line, void *ar
   mdb_cursor_close(c);
   /* The log's messages are checked the same way (its counts are not in
    * qstat until a checkpoint, so they are compared with nothing). */
-  size_t nlogged;
-  hd_pend_t *logged = hd_table_sorted(&r.log, &nlogged);
-  for (const hd_pend_t *p = logged; p < logged + nlogged; p++) {
-    total++;
+  for (const hd_pend_t *p = r.pend; p < r.pend + r.npend; p++) {
+    total += !in_lmdb(&r, p->node, p->seq); /* one already in LMDB was counted there */
     bool known = false;
     for (size_t i = 0; i < n && !known; i++) known = nodes[i].id == p->node;
     if (!known) {
@@ -279,7 +295,6 @@ long hd_store_check(const char *data_dir, void (*say)(const char *line, void *ar
       problem(&o, "logged message %" PRIu64 " of node %" PRIu64 " is not a valid AMQP message: %s", p->seq,
               p->node, why);
   }
-  free(logged);
   for (size_t i = 0; i < n; i++) {
     uint64_t count, max_seq, hwm;
     node_stats(&r, nodes[i].id, &count, &max_seq, &hwm);
