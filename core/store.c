@@ -62,13 +62,13 @@ struct hd_store {
   hd_slog_t log;
   bool log_open; /* for a failed open's clean-up: a store that opened has its log */
   bool log_usable; /* the disk has room for it (log_room) */
-  bool log_broken; /* a write to it failed: start it again before using it */
-  bool log_moved;  /* LMDB's log-lsn must move to the LSN this run starts at before the first batch */
+  bool log_broken; /* a write, flush or checkpoint failed: a full checkpoint before any commit */
+  bool log_moved;  /* LMDB's log-lsn (and format) must be written before this run's first batch */
   uint32_t room_looks;
   hd_table_t tables[HD_SLOG_FILES];
   uint64_t log_lsn; /* LMDB's "log-lsn": where the log starts since the last checkpoint */
   int log_file;     /* LMDB's "log-file": the file it starts in */
-  uint64_t format;  /* on disk; a checkpoint raises 1 and 2 to HD_STORE_FORMAT */
+  uint64_t format;  /* on disk; raised to HD_STORE_FORMAT before the first batch is logged */
 };
 
 static const char *lmdb_err(int rc) { return rc == ENOSPC ? "no space left on the device" : mdb_strerror(rc); }
@@ -206,9 +206,9 @@ static int check_existing(hd_store_t *s, char *err, size_t errlen) {
   /* Format 2 is format 1 plus the log (store_log.h), format 3 the log in
    * two files; the records are the same.  A format-1 store has never had a
    * log: it starts at LSN 1.  A format-2 store is a format-3 one whose log
-   * starts in file 0 and never reached the second file.  The first
-   * checkpoint writes format 3, after which older builds refuse the store
-   * rather than miss what its log holds. */
+   * starts in file 0 and never reached the second file.  Format 3 is
+   * written before the first batch is logged (log_batch), after which older
+   * builds refuse the store rather than miss what its log holds. */
   if (!rc && format >= 2 && format <= HD_STORE_FORMAT) {
     rc = meta_get64(txn, s->meta, "log-lsn", &lsn);
     if (rc == MDB_NOTFOUND) rc = 0, lsn = 1;
@@ -982,13 +982,13 @@ static bool to_log_op(const hd_store_op_t *op, hd_slog_op_t *lo) {
  * it did not fit even in an empty file; it must go to LMDB. */
 static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
   *done = false;
-  /* An older format is raised before anything is logged: a build of that
-   * format would stop at this build's first batch instead of refusing the
-   * store.  LMDB's log-lsn moves to where this run's LSNs start (open_log)
-   * the same way.  (Not at start-up: a store refused later in start-up
-   * stays as it was.) */
+  /* LMDB's log-lsn moves to where this run's LSNs start (open_log), and an
+   * older format is raised (a build of that format would stop at this
+   * build's first batch instead of refusing the store), before anything is
+   * logged; not at start-up: a store refused later in start-up stays as it
+   * was. */
   int rc;
-  if ((s->format != HD_STORE_FORMAT || s->log_moved) && (rc = checkpoint(s, true))) return rc;
+  if (s->log_moved && (rc = checkpoint(s, true))) return rc;
   hd_slog_begin(&s->log);
   hd_slog_op_t lo;
   for (hd_store_op_t *op = b->head; op; op = op->next)
@@ -1076,10 +1076,8 @@ static int open_log(hd_store_t *s, char *err, size_t errlen) {
    * take one of those for a batch of this run that happens to end where
    * it starts.  (At most one batch per HD_SLOG_HDR_V2 bytes.) */
   uint64_t fresh = s->log_lsn + (s->log.size[0] + s->log.size[1]) / HD_SLOG_HDR_V2 + 1;
-  if (next < fresh) {
-    next = fresh;
-    s->log_moved = true;
-  }
+  if (next < fresh) next = fresh;
+  s->log_moved = true; /* cleared by the checkpoint below, or before the first batch */
   /* LMDB's log starts in s->log_file: batches go there until it is full. */
   hd_slog_restart(&s->log, s->log_file, next);
   if (n > 0) {

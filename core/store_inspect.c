@@ -33,6 +33,7 @@ typedef struct ro {
    * not have yet (after a crash in the middle of a checkpoint it has some:
    * they must not be counted twice). */
   hd_pend_t *pend;
+  bool *pend_new; /* pend[i] is not in LMDB */
   size_t npend;
   uint64_t log_new;
 } ro_t;
@@ -77,7 +78,7 @@ static uint64_t log_deleted(ro_t *r, uint64_t of) {
 static void log_adjust(ro_t *r, uint64_t id, uint64_t *count, uint64_t *max_seq, uint64_t *hwm) {
   hd_table_t *t = &r->log;
   for (size_t i = 0; i < r->npend; i++)
-    if (r->pend[i].node == id && !in_lmdb(r, id, r->pend[i].seq)) (*count)++;
+    if (r->pend[i].node == id && r->pend_new[i]) (*count)++;
   for (size_t i = 0; i < t->dels.n; i++)
     if (t->dels.v[i].node == id && in_lmdb(r, id, t->dels.v[i].seq) && *count) (*count)--;
   for (size_t i = 0; i < t->maxseq.n; i++)
@@ -134,12 +135,15 @@ static int ro_open(const char *data_dir, ro_t *r, char *err, size_t errlen) {
     }
   }
   r->pend = hd_table_sorted(&r->log, &r->npend);
-  for (size_t i = 0; i < r->npend; i++) r->log_new += !in_lmdb(r, r->pend[i].node, r->pend[i].seq);
+  r->pend_new = hd_xmalloc((r->npend ? r->npend : 1) * sizeof *r->pend_new);
+  for (size_t i = 0; i < r->npend; i++)
+    r->log_new += r->pend_new[i] = !in_lmdb(r, r->pend[i].node, r->pend[i].seq);
   return 0;
 }
 
 static void ro_close(ro_t *r) {
   free(r->pend);
+  free(r->pend_new);
   hd_table_clear(&r->log);
   mdb_txn_abort(r->txn);
   mdb_env_close(r->env);
@@ -282,8 +286,9 @@ long hd_store_check(const char *data_dir, void (*say)(const char *line, void *ar
   mdb_cursor_close(c);
   /* The log's messages are checked the same way (its counts are not in
    * qstat until a checkpoint, so they are compared with nothing). */
-  for (const hd_pend_t *p = r.pend; p < r.pend + r.npend; p++) {
-    total += !in_lmdb(&r, p->node, p->seq); /* one already in LMDB was counted there */
+  for (size_t j = 0; j < r.npend; j++) {
+    const hd_pend_t *p = &r.pend[j];
+    total += r.pend_new[j]; /* one already in LMDB was counted there */
     bool known = false;
     for (size_t i = 0; i < n && !known; i++) known = nodes[i].id == p->node;
     if (!known) {

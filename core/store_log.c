@@ -175,17 +175,27 @@ void hd_slog_add(hd_slog_t *l, const hd_slog_op_t *op) {
   l->nops++;
 }
 
-static int write_all(int fd, const uint8_t *p, size_t n, uint64_t off) {
+/* All of iov[0..n) at off, however many calls it takes (iov is consumed). */
+static int writev_all(int fd, struct iovec *iov, size_t n, uint64_t off) {
   while (n) {
-    ssize_t w = pwrite(fd, p, n, (off_t)off);
+    ssize_t w = pwritev(fd, iov, n > IOV_MAX ? IOV_MAX : (int)n, (off_t)off);
     if (w < 0 && errno == EINTR) continue;
     if (w < 0) return -errno;
     if (w == 0) return -EIO;
-    p += w;
-    n -= (size_t)w;
     off += (uint64_t)w;
+    size_t done = (size_t)w;
+    for (; n && done >= iov->iov_len; iov++, n--) done -= iov->iov_len;
+    if (n) { /* part of *iov was written: the rest of it next */
+      iov->iov_base = (uint8_t *)iov->iov_base + done;
+      iov->iov_len -= done;
+    }
   }
   return 0;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n, uint64_t off) {
+  struct iovec one = {(void *)p, n};
+  return writev_all(fd, &one, 1, off);
 }
 
 /* A file just created: its name must be on disk before its batches are
@@ -236,24 +246,6 @@ bool hd_slog_fits(hd_slog_t *l, uint64_t spare) {
   return true;
 }
 
-/* All of iov[0..n) at off, however many calls it takes (iov is consumed). */
-static int writev_all(int fd, struct iovec *iov, size_t n, uint64_t off) {
-  while (n) {
-    ssize_t w = pwritev(fd, iov, n > IOV_MAX ? IOV_MAX : (int)n, (off_t)off);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return -errno;
-    if (w == 0) return -EIO;
-    off += (uint64_t)w;
-    size_t done = (size_t)w;
-    for (; n && done >= iov->iov_len; iov++, n--) done -= iov->iov_len;
-    if (n) { /* part of *iov was written: the rest of it next */
-      iov->iov_base = (uint8_t *)iov->iov_base + done;
-      iov->iov_len -= done;
-    }
-  }
-  return 0;
-}
-
 int hd_slog_write(hd_slog_t *l, bool nosync) {
   room(l, 0); /* a buffer even for an empty batch */
   uint8_t *h = l->buf;
@@ -267,7 +259,7 @@ int hd_slog_write(hd_slog_t *l, bool nosync) {
   int fd = l->fd[l->cur];
   size_t total = HD_SLOG_HDR + l->len + l->body_bytes;
   int rc;
-  if (l->niov <= 1) {
+  if (l->niov <= 1) { /* no bodies (and maybe no iov array yet) */
     rc = write_all(fd, h, HD_SLOG_HDR + l->len, l->off);
   } else {
     l->iov[0] = (struct iovec){h, HD_SLOG_HDR + l->len};

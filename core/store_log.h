@@ -94,7 +94,8 @@ uint32_t hd_crc32c(uint32_t crc, const void *p, size_t n);
 int hd_slog_open(hd_slog_t *l, const char *dir, uint64_t max_bytes);
 void hd_slog_close(hd_slog_t *l);
 
-/* Build one batch. */
+/* Build one batch.  A put's bytes are referenced, not copied: they must stay
+ * as they are until hd_slog_write has returned. */
 void hd_slog_begin(hd_slog_t *l);
 void hd_slog_add(hd_slog_t *l, const hd_slog_op_t *op);
 /* Bytes the batch being built will take in the file. */

@@ -225,8 +225,9 @@ bool hd_table_drop(hd_table_t *t, uint64_t node, uint64_t seq) {
   return true;
 }
 
-void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq) {
-  if (!hd_table_drop(t, node, seq)) *push(&t->dels) = (hd_keyop_t){node, seq, 0};
+void hd_table_del(hd_table_t *t, hd_table_t *older, uint64_t node, uint64_t seq) {
+  if (!hd_table_drop(t, node, seq) && !(older && hd_table_drop(older, node, seq)))
+    *push(&t->dels) = (hd_keyop_t){node, seq, 0};
 }
 
 bool hd_table_recount(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count) {
@@ -241,8 +242,10 @@ bool hd_table_recount(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t deliv
   return true;
 }
 
-void hd_table_update(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count) {
-  if (!hd_table_recount(t, node, seq, delivery_count)) *push(&t->updates) = (hd_keyop_t){node, seq, delivery_count};
+void hd_table_update(hd_table_t *t, hd_table_t *older, uint64_t node, uint64_t seq, uint32_t delivery_count) {
+  if (!hd_table_recount(t, node, seq, delivery_count) &&
+      !(older && hd_table_recount(older, node, seq, delivery_count)))
+    *push(&t->updates) = (hd_keyop_t){node, seq, delivery_count};
 }
 
 void hd_table_hwm(hd_table_t *t, uint64_t node, uint64_t seq) {
@@ -261,20 +264,12 @@ int hd_table_apply(hd_table_t *t, hd_table_t *older, const hd_slog_op_t *op, hd_
       memcpy(m->buf, op->bytes, op->len);
       m->expiry_ms = op->expiry_ms;
     }
-    /* Seqs are not reused; if one were, the later put must win here too
-     * (the older table is written to LMDB first). */
-    if (older) hd_table_drop(older, op->node, op->seq);
     hd_table_put(t, op->node, op->seq, op->flags, op->delivery_count, m);
     if (!msg) hd_msg_unref(m);
     break;
   }
-  case HD_SLOG_DEL:
-    if (!older || !hd_table_drop(older, op->node, op->seq)) hd_table_del(t, op->node, op->seq);
-    break;
-  case HD_SLOG_UPDATE:
-    if (!older || !hd_table_recount(older, op->node, op->seq, op->delivery_count))
-      hd_table_update(t, op->node, op->seq, op->delivery_count);
-    break;
+  case HD_SLOG_DEL: hd_table_del(t, older, op->node, op->seq); break;
+  case HD_SLOG_UPDATE: hd_table_update(t, older, op->node, op->seq, op->delivery_count); break;
   case HD_SLOG_HWM: hd_table_hwm(t, op->node, op->seq); break;
   default: break;
   }
@@ -321,15 +316,6 @@ hd_pend_t *hd_table_sorted(const hd_table_t *t, size_t *n) {
   }
   *n = m;
   return v;
-}
-
-size_t hd_table_live(const hd_table_t *t, uint64_t node) {
-  hd_tlink_t **pp = chain_find(&t->nodes, node, 0);
-  size_t n = pp ? ((hd_tnode_t *)*pp)->live : 0;
-  for (size_t i = 0; i < t->xputs.n; i++)
-    for (hd_tlink_t *l = t->xputs.b[i]; l; l = l->next)
-      n += l->node == node;
-  return n;
 }
 
 void hd_table_clear(hd_table_t *t) {

@@ -66,10 +66,12 @@ typedef struct hd_table {
 
 void hd_table_put(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t flags,
                   uint32_t delivery_count, hd_msg_t *msg);
-/* A delete: cancels a live put here, else is kept for LMDB. */
-void hd_table_del(hd_table_t *t, uint64_t node, uint64_t seq);
-/* A delivery count: changes a live put here, else is kept for LMDB. */
-void hd_table_update(hd_table_t *t, uint64_t node, uint64_t seq, uint32_t delivery_count);
+/* A delete: cancels a live put here or in `older` (the table of the log's
+ * other file, or NULL), else is kept here for LMDB. */
+void hd_table_del(hd_table_t *t, hd_table_t *older, uint64_t node, uint64_t seq);
+/* A delivery count: changes a live put here or in `older`, else is kept
+ * here for LMDB. */
+void hd_table_update(hd_table_t *t, hd_table_t *older, uint64_t node, uint64_t seq, uint32_t delivery_count);
 void hd_table_hwm(hd_table_t *t, uint64_t node, uint64_t seq);
 /* The live put at (node, seq) removed, or its count changed: true;
  * false: there is none here (and nothing changed). */
@@ -88,8 +90,6 @@ int hd_table_empty(const hd_table_t *t);
 /* The puts still alive, sorted by node and seq (malloc'd; *n of them; the
  * messages are the table's references, valid until it changes). */
 hd_pend_t *hd_table_sorted(const hd_table_t *t, size_t *n);
-/* How many live puts the table holds for one node. */
-size_t hd_table_live(const hd_table_t *t, uint64_t node);
 /* Forget everything (after a checkpoint, or at close). */
 void hd_table_clear(hd_table_t *t);
 
