@@ -63,6 +63,7 @@ struct hd_store {
   bool log_open; /* for a failed open's clean-up: a store that opened has its log */
   bool log_usable; /* the disk has room for it (log_room) */
   bool log_broken; /* a write, flush or checkpoint failed: a full checkpoint before any commit */
+  bool grow_warned; /* log_fits has said that the log could not be grown */
   bool log_moved;  /* LMDB's log-lsn (and format) must be written before this run's first batch */
   uint32_t room_looks;
   hd_table_t tables[HD_SLOG_FILES];
@@ -978,6 +979,22 @@ static bool to_log_op(const hd_store_op_t *op, hd_slog_op_t *lo) {
   }
 }
 
+/* hd_slog_fits, saying once (until a file grows again) when a file could
+ * not be made or grown for an I/O error, not for want of room: commits
+ * then go to LMDB, which works, but the disk may be failing. */
+static bool log_fits(hd_store_t *s, uint64_t spare) {
+  bool ok = hd_slog_fits(&s->log, spare);
+  if (!s->log.grow_err) {
+    s->grow_warned = false;
+  } else if (!ok && !s->grow_warned) {
+    s->grow_warned = true;
+    HD_LOG(HD_LOG_WARNING, "core",
+           "store '%s', its log could not be grown (%s); commits go to LMDB meanwhile", s->dir,
+           strerror(s->log.grow_err));
+  }
+  return ok;
+}
+
 /* Append the batch to the log and record it in the tables.  *done false:
  * it did not fit even in an empty file; it must go to LMDB. */
 static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
@@ -1002,12 +1019,12 @@ static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
   uint64_t bytes = hd_slog_batch_bytes(&s->log);
   if (bytes > s->opts.log_size || bytes > HD_SLOG_MAX_BATCH) return 0;
   uint64_t spare = s->opts.reserve + s->opts.log_size;
-  if (!hd_slog_fits(&s->log, spare)) {
+  if (!log_fits(s, spare)) {
     /* A file that holds nothing yet cannot take it either: to LMDB. */
     if (s->log.off == 0) return 0;
     rc = switch_files(s);
     if (rc) return rc;
-    if (!s->log_usable || !hd_slog_fits(&s->log, spare)) return 0;
+    if (!s->log_usable || !log_fits(s, spare)) return 0;
   }
   rc = hd_slog_write(&s->log, s->opts.flush_interval);
   if (rc) {

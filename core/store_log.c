@@ -218,21 +218,26 @@ bool hd_slog_fits(hd_slog_t *l, uint64_t spare) {
   if (l->off + need <= l->size[f]) return true;
   if (l->off + need > l->max) return false;
   if (l->fd[f] < 0) {
-    if ((l->fd[f] = open(l->path[f], O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0) return false;
-    if (sync_dir(l->path[f]) != 0) {
+    if ((l->fd[f] = open(l->path[f], O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0)
+      return (l->grow_err = errno), false;
+    int rc = sync_dir(l->path[f]);
+    if (rc != 0) {
       close(l->fd[f]);
       l->fd[f] = -1;
-      return false;
+      return (l->grow_err = -rc), false;
     }
   }
   uint64_t to = (l->off + need + GROW_CHUNK - 1) / GROW_CHUNK * GROW_CHUNK;
   if (to > l->max) to = l->max;
   struct statvfs fs;
-  if (fstatvfs(l->fd[f], &fs) == 0 && (uint64_t)fs.f_bavail * fs.f_frsize < to - l->size[f] + spare) return false;
+  if (fstatvfs(l->fd[f], &fs) == 0 && (uint64_t)fs.f_bavail * fs.f_frsize < to - l->size[f] + spare)
+    return false;
   static const uint8_t zeros[65536];
   for (uint64_t at = l->size[f]; at < to;) {
     size_t n = to - at < sizeof zeros ? (size_t)(to - at) : sizeof zeros;
-    if (write_all(l->fd[f], zeros, n, at) != 0) {
+    int rc = write_all(l->fd[f], zeros, n, at);
+    if (rc != 0) {
+      l->grow_err = -rc;
       /* Give the blocks back; the file stays as long as it was. */
       if (ftruncate(l->fd[f], (off_t)l->size[f]) != 0) { /* nothing more to do */
       }
@@ -241,8 +246,9 @@ bool hd_slog_fits(hd_slog_t *l, uint64_t spare) {
     at += n;
   }
   /* The new length must be on disk before batches there are relied on. */
-  if (fdatasync(l->fd[f]) != 0) return false;
+  if (fdatasync(l->fd[f]) != 0) return (l->grow_err = errno), false;
   l->size[f] = to;
+  l->grow_err = 0;
   return true;
 }
 

@@ -85,6 +85,7 @@ typedef struct hd_slog {
   struct iovec *iov; /* iov[0] is buf, then one per put body */
   size_t niov, iov_cap;
   size_t body_bytes;
+  int grow_err; /* errno of the last failed attempt to make or grow a file; 0 if none */
 } hd_slog_t;
 
 uint32_t hd_crc32c(uint32_t crc, const void *p, size_t n);
