@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "store_format.h"
@@ -1261,6 +1262,18 @@ static void *writer_main(void *arg) {
          * at the disk itself to tell producers what happened. */
         if (rc != ENOSPC && rc != MDB_MAP_FULL && disk_nearly_full(s)) rc = ENOSPC;
         HD_LOG(HD_LOG_ERR, "core", "store '%s', commit of %zu operations failed: %s", s->dir, b.n, lmdb_err(rc));
+        if (rc == MDB_PANIC) {
+          /* A write of LMDB's meta page failed: LMDB takes no transaction
+           * from this process again, so retries would fail forever.  What
+           * LMDB and the log hold is intact (the failed transaction never
+           * became visible), and the next start reads it as after a crash;
+           * nobody heard `accepted` for anything not in it. */
+          HD_LOG(HD_LOG_ERR, "core",
+                 "store '%s', LMDB refuses all further writes after a failed write; hadrond stops (exit "
+                 "status 1): nothing acknowledged is lost; check the disk (dmesg), then start hadrond again",
+                 s->dir);
+          _exit(1);
+        }
         if (rc == ENOSPC) atomic_store(&s->full, true);
         fail_batch(s, &b, rc);
         /* Give the disk a moment before retrying what must not be lost. */

@@ -17,6 +17,8 @@
  *   count=K       fail K calls, then let the rest through (default 1)
  *   partial=1     pwrite/pwritev: write the first half for real, then fail
  *                 (a torn write)
+ *   below=N       pwrite/pwritev: only writes that start below offset N
+ *                 (LMDB's meta pages are the file's first two pages)
  *   arm=PATH      count and fail only once PATH exists, so that a test
  *                 chooses the moment
  *
@@ -43,6 +45,7 @@ static struct {
   char arm[PATH_MAX];
   int err;
   long after, count;
+  long long below; /* 0: any offset */
   bool partial;
 } F;
 
@@ -77,6 +80,8 @@ static void parse(void) {
         F.count = atol(v);
       else if (!strcmp(kv, "partial"))
         F.partial = atoi(v) != 0;
+      else if (!strcmp(kv, "below"))
+        F.below = atoll(v);
       else if (!strcmp(kv, "arm"))
         snprintf(F.arm, sizeof F.arm, "%s", v);
     }
@@ -85,9 +90,9 @@ static void parse(void) {
 }
 
 /* Should this call on fd fail?  Counts matching calls once armed. */
-static bool hit(enum call c, int fd, char *path, size_t pathlen) {
+static bool hit(enum call c, int fd, off_t off, char *path, size_t pathlen) {
   parse();
-  if (F.call != c || !F.file[0]) return false;
+  if (F.call != c || !F.file[0] || (F.below && off >= F.below)) return false;
   if (F.arm[0]) {
     struct stat st;
     if (stat(F.arm, &st) != 0) return false;
@@ -122,7 +127,7 @@ typedef int (*sync_fn)(int);
 ssize_t pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off) {
   NEXT(pwritev, pwritev_fn);
   char path[PATH_MAX];
-  if (!hit(C_PWRITEV, fd, path, sizeof path)) return next_pwritev(fd, iov, iovcnt, off);
+  if (!hit(C_PWRITEV, fd, off, path, sizeof path)) return next_pwritev(fd, iov, iovcnt, off);
   if (F.partial) { /* the first half of the bytes reach the file */
     size_t total = 0;
     for (int i = 0; i < iovcnt; i++)
@@ -147,7 +152,7 @@ ssize_t pwritev64(int fd, const struct iovec *iov, int iovcnt, off_t off) {
 ssize_t pwrite(int fd, const void *buf, size_t len, off_t off) {
   NEXT(pwrite, pwrite_fn);
   char path[PATH_MAX];
-  if (!hit(C_PWRITE, fd, path, sizeof path)) return next_pwrite(fd, buf, len, off);
+  if (!hit(C_PWRITE, fd, off, path, sizeof path)) return next_pwrite(fd, buf, len, off);
   if (F.partial) (void)next_pwrite(fd, buf, len / 2, off);
   report("pwrite", path, F.partial ? " (half of it written)" : "");
   errno = F.err;
@@ -161,7 +166,7 @@ ssize_t pwrite64(int fd, const void *buf, size_t len, off_t off) {
 int fdatasync(int fd) {
   NEXT(fdatasync, sync_fn);
   char path[PATH_MAX];
-  if (!hit(C_FDATASYNC, fd, path, sizeof path)) return next_fdatasync(fd);
+  if (!hit(C_FDATASYNC, fd, 0, path, sizeof path)) return next_fdatasync(fd);
   report("fdatasync", path, "");
   errno = F.err;
   return -1;
@@ -170,7 +175,7 @@ int fdatasync(int fd) {
 int fsync(int fd) {
   NEXT(fsync, sync_fn);
   char path[PATH_MAX];
-  if (!hit(C_FSYNC, fd, path, sizeof path)) return next_fsync(fd);
+  if (!hit(C_FSYNC, fd, 0, path, sizeof path)) return next_fsync(fd);
   report("fsync", path, "");
   errno = F.err;
   return -1;
