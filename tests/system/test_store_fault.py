@@ -46,13 +46,14 @@ class Producer(MessagingHandler):
     """Send messages first..last-1 durable and unsettled, `window` at a time;
     `outcome[id]` is 'accepted' or the error condition of the rejection."""
 
-    def __init__(self, url, first, last, window=16, limit_s=30, address=ADDRESS):
+    def __init__(self, url, first, last, window=16, limit_s=30, address=ADDRESS, stop_on_failure=False,
+                 body=BODY):
         super().__init__(prefetch=0)
+        self.body = body
         self.url, self.next, self.last, self.window = url, first, last, window
-        self.address = address
+        self.address, self.stop_on_failure = address, stop_on_failure
         self.limit_s = limit_s * SLOW
         self.ids, self.outcome = {}, {}
-        self.total = last - first
 
     def on_start(self, event):
         c = event.container
@@ -69,7 +70,7 @@ class Producer(MessagingHandler):
     def on_sendable(self, event):
         s = event.sender
         while s.credit > 0 and self.next < self.last and len(self.ids) < self.window:
-            d = s.send(Message(id=self.next, body=BODY, durable=True))
+            d = s.send(Message(id=self.next, body=self.body, durable=True))
             self.ids[d] = self.next
             self.next += 1
 
@@ -77,7 +78,9 @@ class Producer(MessagingHandler):
         i = self.ids.pop(event.delivery, None)
         if i is not None:
             self.outcome[i] = what
-        if len(self.outcome) == self.total:
+        if self.stop_on_failure and what != "accepted":
+            self.last = self.next  # send nothing more
+        if not self.ids and self.next >= self.last:
             self.timer.cancel()
             self.conn.close()
         else:
@@ -170,12 +173,12 @@ def consume(url, **kw):
 @unittest.skipUnless(os.path.exists(FAULT_LIB), "hdfault.so not built (make check builds it)")
 class FaultTest(unittest.TestCase):
 
-    def broker(self, name, fault, conf=""):
+    def broker(self, name, fault, conf="", log_size="256K"):
         self.arm = None
         # The queue is declared, so that it is in the store before any
         # message (a queue made on demand is written to LMDB in the batch of
         # its first message, which then does not go to the log).
-        b = Broker(name=name, broker="store-log-size = 256K\n" + conf, log_level="info",
+        b = Broker(name=name, broker="store-log-size = %s\n%s" % (log_size, conf), log_level="info",
                    config="[queue %s]\n" % ADDRESS)
         self.arm = os.path.join(b.dir, "arm")
         env = {"LD_PRELOAD": FAULT_LIB, "HADRON_FAULT": "%s,arm=%s" % (fault, self.arm)}
@@ -343,6 +346,38 @@ class FaultTest(unittest.TestCase):
         self.assertEqual(c.consumed, accepted[:150])
         self.restart_clean(b)
         self.check_queue(b, accepted[150:])
+        self.store_clean(b)
+
+    def test_failed_move_of_a_full_file(self):
+        """The log's files are 10 MiB; when the second fills, the first's
+        messages (more than one 8 MiB transaction's worth) move to LMDB, and
+        the second transaction's flush fails: the first's records are in
+        LMDB while the file's table still holds them.  A consumer then
+        takes message 0 (moved by the first transaction); the delete of
+        such a message must reach LMDB, or message 0 comes back after a
+        restart although its consumption was confirmed."""
+        b = self.broker("fault-move", "call=fdatasync,file=data.mdb,after=1", log_size="10M")
+        url = b.url()
+        # About 9,500 messages fill a file: the first is full and the
+        # second in use after 13,000.
+        bulk = produce(url, 0, 13000, window=64, limit_s=120)
+        self.assertEqual(set(bulk.values()), {"accepted"})
+        self.assertEqual(self.injected(b), 0)
+        self.fire(b)
+        # One at a time until the commit that needs the move fails.  They
+        # are large, so that the file then still has room for a small batch
+        # (the consumer's delivery mark and delete below), which it takes
+        # without moving anything.
+        rest = produce(url, 13000, 20000, window=1, limit_s=120, stop_on_failure=True, body="B" * 65536)
+        failed = [i for i, o in rest.items() if o != "accepted"]
+        self.assertEqual(len(failed), 1, b.log())
+        self.assertEqual(rest[failed[0]], "amqp:internal-error")
+        self.assertEqual(self.injected(b), 1, b.log())
+        c = consume(url, count=1)
+        self.assertEqual(c.consumed, [0], b.log())
+        self.restart_clean(b)
+        accepted = sorted(i for o in (bulk, rest) for i, v in o.items() if v == "accepted")
+        self.check_queue(b, accepted[1:])
         self.store_clean(b)
 
     def test_failed_flush_of_deletes_is_retried(self):
