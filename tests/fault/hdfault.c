@@ -163,20 +163,21 @@ ssize_t pwrite64(int fd, const void *buf, size_t len, off_t off) {
   return pwrite(fd, buf, len, off);
 }
 
+static int failed_sync(const char *call, const char *path) {
+  report(call, path, "");
+  errno = F.err;
+  return -1;
+}
+
 int fdatasync(int fd) {
   NEXT(fdatasync, sync_fn);
   char path[PATH_MAX];
-  if (!hit(C_FDATASYNC, fd, 0, path, sizeof path)) return next_fdatasync(fd);
-  report("fdatasync", path, "");
-  errno = F.err;
-  return -1;
+  return hit(C_FDATASYNC, fd, 0, path, sizeof path) ? failed_sync("fdatasync", path)
+                                                    : next_fdatasync(fd);
 }
 
 int fsync(int fd) {
   NEXT(fsync, sync_fn);
   char path[PATH_MAX];
-  if (!hit(C_FSYNC, fd, 0, path, sizeof path)) return next_fsync(fd);
-  report("fsync", path, "");
-  errno = F.err;
-  return -1;
+  return hit(C_FSYNC, fd, 0, path, sizeof path) ? failed_sync("fsync", path) : next_fsync(fd);
 }

@@ -238,14 +238,17 @@ class FaultTest(unittest.TestCase):
         accepted = [i for o in (before, across, after) for i, v in o.items() if v == "accepted"]
         return b, sorted(accepted)
 
+    def failed_commit_then_crash(self, name, fault, condition):
+        b, accepted = self.failed_commit(name, fault, condition)
+        self.restart_clean(b)
+        self.check_queue(b, accepted)
+        self.store_clean(b)
+
     def test_failed_flush_of_the_log(self):
         """fdatasync of the log fails (the batch may be on disk all the
         same): its producers hear amqp:internal-error, and the batch is
         never replayed, though it checks out on disk."""
-        b, accepted = self.failed_commit("fault-flush", "call=fdatasync,file=log", "amqp:internal-error")
-        self.restart_clean(b)
-        self.check_queue(b, accepted)
-        self.store_clean(b)
+        self.failed_commit_then_crash("fault-flush", "call=fdatasync,file=log", "amqp:internal-error")
 
     def test_failed_flush_then_crash(self):
         """The broker is killed right after a flush of the log failed,
@@ -318,20 +321,13 @@ class FaultTest(unittest.TestCase):
 
     def test_torn_write_of_the_log(self):
         """Half of a batch reaches the log, then the write fails."""
-        b, accepted = self.failed_commit("fault-torn", "call=pwritev,file=log,partial=1",
-                                         "amqp:internal-error")
-        self.restart_clean(b)
-        self.check_queue(b, accepted)
-        self.store_clean(b)
+        self.failed_commit_then_crash("fault-torn", "call=pwritev,file=log,partial=1", "amqp:internal-error")
 
     def test_log_write_out_of_space(self):
         """ENOSPC from the log: producers hear resource-limit-exceeded, and
         get credit again once the broker sees the disk has room."""
-        b, accepted = self.failed_commit("fault-nospc", "call=pwritev,file=log,errno=ENOSPC",
-                                         "amqp:resource-limit-exceeded")
-        self.restart_clean(b)
-        self.check_queue(b, accepted)
-        self.store_clean(b)
+        self.failed_commit_then_crash("fault-nospc", "call=pwritev,file=log,errno=ENOSPC",
+                                      "amqp:resource-limit-exceeded")
 
     def test_failed_checkpoint(self):
         """LMDB's flush fails while a full log file is moved into it (a
