@@ -20,7 +20,7 @@
  *     settles a delivery when the consumer gives any outcome.  Nothing is
  *     redelivered: a released message is gone (no storage, no routing
  *     rules, no redelivery -- it is a floor, not a broker);
- *   - producers get a credit window (-w, 1000 like hadrond's credit-window)
+ *   - producers get a credit window (-w, 200 like hadrond's credit-window)
  *     while their address holds less than -D messages and -B bytes; then
  *     they wait until consumers have taken it down to half.
  *
@@ -69,7 +69,7 @@ static struct {
   unsigned threads;
   int window;
   size_t max_msgs, max_bytes;
-} opt = {"127.0.0.1", "5673", 2, 1000, 100000, 64u << 20};
+} opt = {"127.0.0.1", "5673", 2, 200, 100000, 64u << 20};
 
 static pn_proactor_t *P;
 
@@ -545,7 +545,7 @@ static int usage(void) {
           "  -a HOST     listen address (default 127.0.0.1)\n"
           "  -p PORT     port (default 5673; 0 picks one, printed on stderr)\n"
           "  -t THREADS  proactor threads (default: CPU cores)\n"
-          "  -w WINDOW   credit window of each producer link (default 1000)\n"
+          "  -w WINDOW   credit window of each producer link (default 200)\n"
           "  -D MSGS     messages an address holds before producers wait (default 100000)\n"
           "  -B BYTES    bytes an address holds before producers wait (default 64 MiB)\n");
   return 2;

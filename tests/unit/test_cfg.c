@@ -505,7 +505,7 @@ static void t_settings_defaults(void **state) {
   assert_int_equal(st->max_connections, 65536);
   assert_int_equal(st->memory_limit, 1LL << 30);
   assert_int_equal(st->max_message_size, 64LL << 20);
-  assert_int_equal(st->credit_window, 1000);
+  assert_int_equal(st->credit_window, 200);
   assert_int_equal(st->drain_timeout_ms, 10000);
   assert_true(st->auto_create);
   assert_string_equal(st->topic_prefix, "topic.");
