@@ -40,8 +40,9 @@ const hd_directive_t hd_broker_directives[] = {
      * the time they are sent), and with both connections always runnable the
      * proactor keeps each on its own thread, so every message crosses cores.
      * With 200 the producer pauses for credit now and then: 1+1 unsettled
-     * 1 KiB +25-30% msgs/s, durable +10-20%, p50 under 1 ms instead of 0.2-0.5 s
-     * (docs/BENCHMARKS.md, seventh session).  Qpid Dispatch gives 250. */
+     * 1 KiB +15-34% msgs/s in interleaved runs, durable +6-24%, p50 under
+     * 1 ms instead of 0.2-0.5 s (docs/BENCHMARKS.md, seventh session).  Qpid
+     * Dispatch gives 250. */
     {"credit-window", HD_CFG_INT, 0, 1, 1 << 20, "200", NULL, "credit given to each producer link"},
     {"drain-timeout", HD_CFG_DURATION, 0, 0, 3600000, "10s", NULL,
      "how long SIGTERM waits for peers before closing sockets"},
