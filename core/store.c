@@ -36,6 +36,8 @@
  * message, a delivery mark, a consumer's barrier) to share its commit: a
  * commit of their own would make the next message wait behind it. */
 #define DEFER_US 2000
+/* At most one line about failed commits per this many ms. */
+#define FAIL_LOG_MS 10000
 
 struct hd_store {
   MDB_env *env;
@@ -1177,6 +1179,10 @@ static void *writer_main(void *arg) {
   pthread_setname_np(pthread_self(), "hd-store");
   uint64_t next_sync = hd_now_mono_ms() + s->opts.interval_ms;
   bool dirty = false;
+  /* A failing disk fails commit after commit (deletes are retried every
+   * 100 ms): one line per FAIL_LOG_MS, with a count of the rest. */
+  uint64_t fail_logged_ms = 0; /* 0: the last commit succeeded */
+  unsigned fail_unlogged = 0;
   for (;;) {
     pthread_mutex_lock(&s->lock);
     while (!s->head && !s->stop) {
@@ -1261,7 +1267,17 @@ static void *writer_main(void *arg) {
         /* LMDB reports a short write on a full disk as an I/O error: look
          * at the disk itself to tell producers what happened. */
         if (rc != ENOSPC && rc != MDB_MAP_FULL && disk_nearly_full(s)) rc = ENOSPC;
-        HD_LOG(HD_LOG_ERR, "core", "store '%s', commit of %zu operations failed: %s", s->dir, b.n, lmdb_err(rc));
+        uint64_t now = hd_now_mono_ms();
+        if (rc == MDB_PANIC || !fail_logged_ms || now - fail_logged_ms >= FAIL_LOG_MS) {
+          char more[96] = "";
+          if (fail_unlogged) hd_fmt(more, " (and %u more since the last such line)", fail_unlogged);
+          HD_LOG(HD_LOG_ERR, "core", "store '%s', commit of %zu operations failed: %s%s", s->dir,
+                 b.n, lmdb_err(rc), more);
+          fail_logged_ms = now ? now : 1;
+          fail_unlogged = 0;
+        } else {
+          fail_unlogged++;
+        }
         if (rc == MDB_PANIC) {
           /* A write of LMDB's meta page failed: LMDB takes no transaction
            * from this process again, so retries would fail forever.  What
@@ -1286,6 +1302,13 @@ static void *writer_main(void *arg) {
       if (!s->opts.flush_interval) atomic_fetch_add(&s->syncs, 1);
       dirty = true;
       complete(b.head);
+      if (fail_logged_ms) {
+        char more[96] = "";
+        if (fail_unlogged) hd_fmt(more, " (%u failed commits since the last line)", fail_unlogged);
+        HD_LOG(HD_LOG_NOTICE, "core", "store '%s', commits succeed again%s", s->dir, more);
+        fail_logged_ms = 0;
+        fail_unlogged = 0;
+      }
     }
     if (s->opts.flush_interval && dirty && hd_now_mono_ms() >= next_sync) {
       mdb_env_sync(s->env, 1);

@@ -376,6 +376,29 @@ class FaultTest(unittest.TestCase):
         self.check_queue(b, accepted[1:])
         self.store_clean(b)
 
+    def test_failing_disk_is_logged_once_a_while(self):
+        """Thirty commits in a row fail: one error line for them (more
+        than one per ten seconds would flood the log while deletes are
+        retried every 100 ms), then one line when commits succeed again,
+        counting the ones not logged."""
+        b = self.broker("fault-many", "call=fdatasync,file=log,count=30")
+        url = b.url()
+        self.assertEqual(set(produce(url, 0, 10).values()), {"accepted"})
+        self.fire(b)
+        out = produce(url, 10, 100, window=1, limit_s=60)
+        failed = sorted(i for i, o in out.items() if o != "accepted")
+        self.assertEqual(failed, list(range(10, 40)), b.log())
+        self.assertEqual(self.injected(b), 30, b.log())
+        log = b.log()
+        lines = re.findall(r"commit of \d+ operations failed.*", log)
+        self.assertLessEqual(len(lines), 2, log)  # 30 failures take about 3 s; a second line after 10 s
+        again = re.search(r"commits succeed again \((\d+) failed commits since the last line\)", log)
+        self.assertTrue(again, log)
+        self.assertEqual(int(again.group(1)) + len(lines), 30, log)
+        self.restart_clean(b)
+        self.check_queue(b, list(range(10)) + list(range(40, 100)))
+        self.store_clean(b)
+
     def test_failed_flush_of_deletes_is_retried(self):
         """Consumers' accepts whose commit fails are written again: the
         broker confirms them only once stored, and a confirmed one never
