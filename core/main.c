@@ -19,6 +19,7 @@
 #include "server.h"
 #include "settings.h"
 #include "users.h"
+#include "util.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -62,7 +63,16 @@ static int hash_password(const char *user) {
 
 /* Two brokers on one data directory would corrupt it: hold a lock. */
 static int lock_data_dir(const char *dir, char *err, size_t errlen) {
-  if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
+  if (mkdir(dir, 0750) == 0) {
+    /* Created now: its name must survive a power cut, or a restart would
+     * find no store at all and start empty. */
+    int rc = hd_sync_parent_dir(dir);
+    if (rc != 0) {
+      snprintf(err, errlen, "data-dir %s: cannot flush the directory that holds it: %s", dir,
+               strerror(-rc));
+      return rc;
+    }
+  } else if (errno != EEXIST) {
     snprintf(err, errlen, "data-dir %s: cannot create: %s", dir, strerror(errno));
     return -errno;
   }

@@ -254,7 +254,12 @@ int hd_store_open(const char *data_dir, const hd_store_opts_t *opts, hd_store_t 
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->cond, NULL);
   int rc;
-  if (mkdir(path, 0750) != 0 && errno != EEXIST) {
+  if (mkdir(path, 0750) == 0) { /* its name must survive a power cut */
+    if ((rc = hd_sync_parent_dir(path))) {
+      rc = refuse(err, errlen, path, "cannot flush the data directory: %s", strerror(-rc));
+      goto fail;
+    }
+  } else if (errno != EEXIST) {
     rc = refuse(err, errlen, path, "cannot create: %s", strerror(errno));
     goto fail;
   }
@@ -280,6 +285,14 @@ int hd_store_open(const char *data_dir, const hd_store_opts_t *opts, hd_store_t 
   }
   if (rc) {
     rc = refuse(err, errlen, path, "cannot open: %s", lmdb_err(rc));
+    goto fail;
+  }
+  /* LMDB may just have created data.mdb; it does not flush the directory,
+   * and without its name a power cut would lose every commit in it. */
+  char file[4200];
+  hd_fmt(file, "%s/data.mdb", path);
+  if ((rc = hd_sync_parent_dir(file))) {
+    rc = refuse(err, errlen, path, "cannot flush the directory: %s", strerror(-rc));
     goto fail;
   }
   MDB_envinfo info;

@@ -198,20 +198,6 @@ static int write_all(int fd, const uint8_t *p, size_t n, uint64_t off) {
   return writev_all(fd, &one, 1, off);
 }
 
-/* A file just created: its name must be on disk before its batches are
- * relied on. */
-static int sync_dir(const char *path) {
-  char dir[4096];
-  snprintf(dir, sizeof dir, "%s", path);
-  char *slash = strrchr(dir, '/');
-  if (slash) *slash = 0;
-  int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return -errno;
-  int rc = fsync(fd) == 0 ? 0 : -errno;
-  close(fd);
-  return rc;
-}
-
 bool hd_slog_fits(hd_slog_t *l, uint64_t spare) {
   uint64_t need = hd_slog_batch_bytes(l);
   int f = l->cur;
@@ -220,7 +206,9 @@ bool hd_slog_fits(hd_slog_t *l, uint64_t spare) {
   if (l->fd[f] < 0) {
     if ((l->fd[f] = open(l->path[f], O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0)
       return (l->grow_err = errno), false;
-    int rc = sync_dir(l->path[f]);
+    /* A file just created: its name must be on disk before its batches
+     * are relied on. */
+    int rc = hd_sync_parent_dir(l->path[f]);
     if (rc != 0) {
       close(l->fd[f]);
       l->fd[f] = -1;

@@ -1,5 +1,5 @@
 /* Small helpers every core file uses: allocation that cannot fail silently,
- * error strings, monotonic and wall clocks. */
+ * error strings, monotonic and wall clocks, flushing a directory. */
 #ifndef HD_UTIL_H
 #define HD_UTIL_H
 
@@ -23,6 +23,11 @@ const char *hd_strerror(int err);
 
 uint64_t hd_now_mono_ms(void);  /* CLOCK_MONOTONIC */
 uint64_t hd_now_wall_ms(void);  /* CLOCK_REALTIME, ms since the epoch */
+
+/* fsync the directory that holds path (a file or a directory), so that
+ * path's name survives a power cut: a new file or directory's name is only
+ * on disk once its directory is flushed.  0 or -errno. */
+int hd_sync_parent_dir(const char *path);
 
 /* snprintf into a fixed buffer, never overflowing, always terminated. */
 #define hd_fmt(buf, ...) snprintf((buf), sizeof(buf), __VA_ARGS__)
