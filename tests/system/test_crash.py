@@ -194,6 +194,14 @@ class CrashTest(unittest.TestCase):
         start-up (recovery writes too)."""
         self.rounds("powercut-some", "max-deliveries = 0\nstore-log-size = 64K\n", power="some")
 
+    def test_power_cut_while_paging(self):
+        """Power cuts with 2 KiB bodies and queue-memory = 1M, later in each
+        round (within its first 3,000 writes and flushes): the backlog
+        grows to tens of thousands of messages, most of them only in LMDB,
+        so cuts land while bodies are written there and read back."""
+        self.rounds("powercut-paging", "max-deliveries = 0\nqueue-memory = 1M\n", body=2048,
+                    per_round=3000, power="some", cut_within=3000)
+
     def test_the_power_cut_library_undoes_what_was_not_flushed(self):
         """hdpowercut itself, on a script of file operations: the tests
         above prove nothing if it leaves unflushed writes or names."""
@@ -233,13 +241,13 @@ class CrashTest(unittest.TestCase):
     def was_cut(broker):
         return "hdpowercut: power cut" in broker.log()[broker._log_start:]
 
-    def start_powered(self, broker, rng, power, arm, first):
+    def start_powered(self, broker, rng, power, arm, first, cut_within):
         """Start the broker with hdpowercut armed to cut at a random
         write, flush or creation; False if the cut came during start-up.
         The first round's cut comes within its first few dozen commits,
         while the names of the store just created are still new."""
         early = power == "some" and not first and rng.random() < 0.25
-        after = rng.randrange(10, 60) if first else rng.randrange(40 if early else 300)
+        after = rng.randrange(10, 60) if first else rng.randrange(40 if early else cut_within)
         spec = "dir=%s,after=%d,keep=%s,seed=%d" % (
             os.path.realpath(broker.data_dir), after, power, rng.randrange(1 << 30))
         if not early:
@@ -259,7 +267,7 @@ class CrashTest(unittest.TestCase):
             pass
         return True
 
-    def rounds(self, name, conf, body=256, per_round=PER_ROUND, power=None):
+    def rounds(self, name, conf, body=256, per_round=PER_ROUND, power=None, cut_within=300):
         seed = int(os.environ.get("HADRON_CRASH_SEED") or random.randrange(1 << 30))
         rng = random.Random(seed)
         broker = Broker(name=name, broker=conf)
@@ -272,7 +280,7 @@ class CrashTest(unittest.TestCase):
             if power:
                 if os.path.exists(arm):
                     os.unlink(arm)
-                if not self.start_powered(broker, rng, power, arm, rnd == 0):
+                if not self.start_powered(broker, rng, power, arm, rnd == 0, cut_within):
                     cuts += 1
                     continue
                 # The cut usually comes first; a kill ends a round it missed.
