@@ -270,7 +270,13 @@ int hd_store_open(const char *data_dir, const hd_store_opts_t *opts, hd_store_t 
   mdb_env_set_maxdbs(s->env, 8);
   mdb_env_set_maxreaders(s->env, 512);
   mdb_env_set_mapsize(s->env, (size_t)s->map_size);
-  unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (opts->flush_interval ? MDB_NOSYNC : 0);
+  /* store-flush = interval still flushes each LMDB commit's pages, only
+   * not its meta page: with MDB_NOSYNC the meta page could reach the disk
+   * before the pages it points to, and a power cut then leaves a store
+   * LMDB cannot open (every message lost, not only the last interval's).
+   * LMDB commits are rare with the log on (checkpoints, which are flushed
+   * anyway, queue changes, paging). */
+  unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (opts->flush_interval ? MDB_NOMETASYNC : 0);
   rc = mdb_env_open(s->env, path, flags, 0640);
   if (rc == MDB_INVALID || rc == MDB_CORRUPTED || rc == MDB_PANIC) {
     rc = refuse(err, errlen, path,
