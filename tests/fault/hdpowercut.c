@@ -374,49 +374,33 @@ static int do_open(int dirfd, const char *path, int flags, mode_t mode, bool at)
   return fd;
 }
 
+/* open's third argument is there only when the flags create a file. */
+#define MODE_ARG(flags, mode)                                                                      \
+  do {                                                                                             \
+    if ((flags) & (O_CREAT | O_TMPFILE)) {                                                         \
+      va_list ap;                                                                                  \
+      va_start(ap, flags);                                                                         \
+      (mode) = (mode_t)va_arg(ap, int);                                                            \
+      va_end(ap);                                                                                  \
+    }                                                                                              \
+  } while (0)
+
 int open(const char *path, int flags, ...) {
   mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = (mode_t)va_arg(ap, int);
-    va_end(ap);
-  }
+  MODE_ARG(flags, mode);
   return do_open(AT_FDCWD, path, flags, mode, false);
 }
 
-int open64(const char *path, int flags, ...) {
-  mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = (mode_t)va_arg(ap, int);
-    va_end(ap);
-  }
-  return do_open(AT_FDCWD, path, flags, mode, false);
-}
+/* The same functions under their large-file names (one ABI on 64-bit). */
+int open64(const char *path, int flags, ...) __attribute__((alias("open")));
 
 int openat(int dirfd, const char *path, int flags, ...) {
   mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = (mode_t)va_arg(ap, int);
-    va_end(ap);
-  }
+  MODE_ARG(flags, mode);
   return do_open(dirfd, path, flags, mode, true);
 }
 
-int openat64(int dirfd, const char *path, int flags, ...) {
-  mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = (mode_t)va_arg(ap, int);
-    va_end(ap);
-  }
-  return do_open(dirfd, path, flags, mode, true);
-}
+int openat64(int dirfd, const char *path, int flags, ...) __attribute__((alias("openat")));
 
 int close(int fd) {
   init();
