@@ -63,18 +63,20 @@ static int hash_password(const char *user) {
 
 /* Two brokers on one data directory would corrupt it: hold a lock. */
 static int lock_data_dir(const char *dir, char *err, size_t errlen) {
-  if (mkdir(dir, 0750) == 0) {
-    /* Created now: its name must survive a power cut, or a restart would
-     * find no store at all and start empty. */
-    int rc = hd_sync_parent_dir(dir);
-    if (rc != 0) {
-      snprintf(err, errlen, "data-dir %s: cannot flush the directory that holds it: %s", dir,
-               strerror(-rc));
-      return rc;
-    }
-  } else if (errno != EEXIST) {
+  if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
     snprintf(err, errlen, "data-dir %s: cannot create: %s", dir, strerror(errno));
     return -errno;
+  }
+  /* Its name must survive a power cut, or a restart would find no store
+   * at all and start empty.  Flushed at every start: a run that died
+   * between mkdir and the flush leaves a directory that exists, unflushed. */
+  int rc = hd_sync_parent_dir(dir);
+  /* A parent we may write to but not read (mode 0311) cannot be opened to
+   * be flushed; that is the administrator's layout, not a disk error. */
+  if (rc != 0 && rc != -EACCES && rc != -EPERM) {
+    snprintf(err, errlen, "data-dir %s: cannot flush the directory that holds it: %s", dir,
+             strerror(-rc));
+    return rc;
   }
   char path[4096];
   snprintf(path, sizeof path, "%s/hadrond.lock", dir);

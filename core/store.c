@@ -254,13 +254,14 @@ int hd_store_open(const char *data_dir, const hd_store_opts_t *opts, hd_store_t 
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->cond, NULL);
   int rc;
-  if (mkdir(path, 0750) == 0) { /* its name must survive a power cut */
-    if ((rc = hd_sync_parent_dir(path))) {
-      rc = refuse(err, errlen, path, "cannot flush the data directory: %s", strerror(-rc));
-      goto fail;
-    }
-  } else if (errno != EEXIST) {
+  if (mkdir(path, 0750) != 0 && errno != EEXIST) {
     rc = refuse(err, errlen, path, "cannot create: %s", strerror(errno));
+    goto fail;
+  }
+  /* Its name must survive a power cut; flushed at every start, since a
+   * run that died between mkdir and the flush leaves it unflushed. */
+  if ((rc = hd_sync_parent_dir(path))) {
+    rc = refuse(err, errlen, path, "cannot flush the data directory: %s", strerror(-rc));
     goto fail;
   }
   if ((rc = mdb_env_create(&s->env))) {
@@ -293,10 +294,17 @@ int hd_store_open(const char *data_dir, const hd_store_opts_t *opts, hd_store_t 
     rc = refuse(err, errlen, path, "cannot open: %s", lmdb_err(rc));
     goto fail;
   }
-  /* LMDB may just have created data.mdb; it does not flush the directory,
-   * and without its name a power cut would lose every commit in it. */
+  /* LMDB may just have created data.mdb, and flushes neither its first
+   * meta pages nor the directory.  Pages first: a name that survives a
+   * power cut must not lead to a file whose meta pages did not (LMDB would
+   * call it corrupt); then the name, without which a power cut would lose
+   * every commit in the file. */
   char file[4200];
   hd_fmt(file, "%s/data.mdb", path);
+  if ((rc = mdb_env_sync(s->env, 1))) {
+    rc = refuse(err, errlen, path, "cannot flush: %s", lmdb_err(rc));
+    goto fail;
+  }
   if ((rc = hd_sync_parent_dir(file))) {
     rc = refuse(err, errlen, path, "cannot flush the directory: %s", strerror(-rc));
     goto fail;

@@ -22,13 +22,20 @@
  *   after=N    cut power at the N+1th write, flush or creation under PATH
  *              (counted once armed; default 0)
  *   arm=PATH   count only once this file exists
+ *   now=PATH   cut as soon as this file exists (looked for every 5 ms by a
+ *              thread of the library's own), whatever the count: a test's
+ *              time limit, so that no round ends in a plain kill, after
+ *              which the next process would take the page cache the
+ *              killed one left for flushed data
  *   keep=some  each 4 KiB page of an unflushed write survives or not, at
  *              random, as if the disk had written back part of its cache
  *              in any order; default: none survives
  *   seed=S     for keep=some
  *
  * The cut is reported on stderr (hadrond's log): "hdpowercut: power cut
- * at event N: ...". */
+ * at event N: ...".  What the model does not cover aborts the process with
+ * "hdpowercut: cannot model ...", so that new code cannot slip past it:
+ * rename, unlink, fallocate, dup and O_APPEND on the directory's files. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <dlfcn.h>
@@ -49,7 +56,7 @@
 #include <unistd.h>
 
 #define PAGE  4096
-#define MAXFD 4096
+#define MAXFD 65536
 
 /* What one write overwrote: put back at the cut unless flushed first. */
 typedef struct undo {
@@ -71,7 +78,7 @@ typedef struct made {
 } made_t;
 
 static struct {
-  char dir[PATH_MAX], parent[PATH_MAX], arm[PATH_MAX];
+  char dir[PATH_MAX], parent[PATH_MAX], arm[PATH_MAX], now[PATH_MAX];
   long after;
   bool keep_some;
   unsigned seed;
@@ -97,6 +104,7 @@ typedef ssize_t (*write_fn)(int, const void *, size_t);
 typedef ssize_t (*writev_fn)(int, const struct iovec *, int);
 typedef int (*ftruncate_fn)(int, off_t);
 typedef int (*sync_fn)(int);
+typedef int (*unlink_fn)(const char *);
 
 static open_fn real_open;
 static openat_fn real_openat;
@@ -108,6 +116,9 @@ static write_fn real_write;
 static writev_fn real_writev;
 static ftruncate_fn real_ftruncate;
 static sync_fn real_fsync, real_fdatasync;
+static unlink_fn real_unlink;
+
+static void *watch_now(void *arg);
 
 static void setup(void) {
   real_open = (open_fn)dlsym(RTLD_NEXT, "open");
@@ -121,6 +132,7 @@ static void setup(void) {
   real_ftruncate = (ftruncate_fn)dlsym(RTLD_NEXT, "ftruncate");
   real_fsync = (sync_fn)dlsym(RTLD_NEXT, "fsync");
   real_fdatasync = (sync_fn)dlsym(RTLD_NEXT, "fdatasync");
+  real_unlink = (unlink_fn)dlsym(RTLD_NEXT, "unlink");
   const char *spec = getenv("HADRON_POWERCUT");
   if (!spec) return;
   char buf[3 * PATH_MAX];
@@ -135,6 +147,8 @@ static void setup(void) {
       C.after = atol(v);
     else if (!strcmp(kv, "arm"))
       snprintf(C.arm, sizeof C.arm, "%s", v);
+    else if (!strcmp(kv, "now"))
+      snprintf(C.now, sizeof C.now, "%s", v);
     else if (!strcmp(kv, "keep"))
       C.keep_some = !strcmp(v, "some");
     else if (!strcmp(kv, "seed"))
@@ -146,6 +160,8 @@ static void setup(void) {
   snprintf(C.parent, sizeof C.parent, "%s", C.dir);
   char *slash = strrchr(C.parent, '/');
   if (slash) *(slash == C.parent ? slash + 1 : slash) = '\0';
+  pthread_t t;
+  if (C.now[0] && pthread_create(&t, NULL, watch_now, NULL) == 0) pthread_detach(t);
 }
 
 static void init(void) {
@@ -179,7 +195,7 @@ static void remove_tree(const char *path) {
     closedir(d);
     rmdir(path);
   } else {
-    unlink(path);
+    real_unlink(path);
   }
 }
 
@@ -250,6 +266,24 @@ static void cut(const char *what) {
     pause();
 }
 
+static void *watch_now(void *arg) {
+  (void)arg;
+  for (;;) {
+    usleep(5000);
+    if (access(C.now, F_OK) == 0) {
+      pthread_mutex_lock(&mu);
+      cut("requested");
+    }
+  }
+  return NULL;
+}
+
+static void unmodelled(const char *what, const char *path) {
+  fprintf(stderr, "hdpowercut: cannot model %s of %s; extend tests/fault/hdpowercut.c\n", what,
+          path);
+  abort();
+}
+
 /* One more write, flush or creation under the directory: the cut's turn? */
 static void event(const char *what) {
   if (C.arm[0] && access(C.arm, F_OK) != 0) return;
@@ -259,18 +293,22 @@ static void event(const char *what) {
 /* ---- bookkeeping -------------------------------------------------------- */
 
 static void track_fd(int fd, int flags) {
-  if (fd < 0 || fd >= MAXFD) return;
+  if (fd < 0) return;
   char link[64], path[PATH_MAX];
   snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
   ssize_t n = readlink(link, path, sizeof path - 1);
   if (n <= 0) return;
   path[n] = '\0';
+  bool mine = under_dir(path) || !strcmp(path, C.parent);
+  if (mine && fd >= MAXFD) unmodelled("a descriptor above MAXFD", path);
+  if (mine && under_dir(path) && (flags & O_APPEND)) unmodelled("O_APPEND", path);
+  if (fd >= MAXFD) return;
   free(fd_path[fd]);
   fd_path[fd] = NULL;
   atomic_store(&watched[fd], false);
   /* The parent is watched only for the fsync that makes PATH's name
    * durable. */
-  if (under_dir(path) || !strcmp(path, C.parent)) {
+  if (mine) {
     fd_path[fd] = strdup(path);
     fd_sync[fd] = (flags & (O_DSYNC | O_SYNC)) != 0;
     atomic_store(&watched[fd], true);
@@ -314,7 +352,12 @@ static void before_write(int fd, off_t off, size_t len) {
     u->old_len = (size_t)(st.st_size - off) < len ? (size_t)(st.st_size - off) : len;
     u->old = malloc(u->old_len);
     ssize_t r = pread(fd, u->old, u->old_len, off);
-    u->old_len = r > 0 ? (size_t)r : 0;
+    if (r < 0 && errno == EBADF) { /* opened write-only: read through a descriptor of our own */
+      int rfd = real_open(fd_path[fd], O_RDONLY | O_CLOEXEC);
+      r = rfd < 0 ? -1 : pread(rfd, u->old, u->old_len, off);
+      if (rfd >= 0) real_close(rfd);
+    }
+    if (r != (ssize_t)u->old_len) unmodelled("an unreadable write", fd_path[fd]);
   }
   u->next = undos;
   undos = u;
@@ -377,7 +420,7 @@ static int do_open(int dirfd, const char *path, int flags, mode_t mode, bool at)
 /* open's third argument is there only when the flags create a file. */
 #define MODE_ARG(flags, mode)                                                                      \
   do {                                                                                             \
-    if ((flags) & (O_CREAT | O_TMPFILE)) {                                                         \
+    if (((flags)&O_CREAT) || ((flags)&O_TMPFILE) == O_TMPFILE) {                                   \
       va_list ap;                                                                                  \
       va_start(ap, flags);                                                                         \
       (mode) = (mode_t)va_arg(ap, int);                                                            \
@@ -514,4 +557,52 @@ int fsync(int fd) {
 
 int fdatasync(int fd) {
   return sync_call(fd, real_fdatasync, "fdatasync");
+}
+
+/* ---- what the model does not cover: loudly ------------------------------ */
+
+static bool path_mine(const char *path) {
+  char full[PATH_MAX];
+  init();
+  return C.dir[0] && realpath(path, full) && under_dir(full);
+}
+
+int unlink(const char *path) {
+  if (path_mine(path)) unmodelled("unlink", path);
+  return real_unlink(path);
+}
+
+int rename(const char *from, const char *to) {
+  if (path_mine(from)) unmodelled("rename", from);
+  typedef int (*fn)(const char *, const char *);
+  return ((fn)dlsym(RTLD_NEXT, "rename"))(from, to);
+}
+
+static void no_fd_call(int fd, const char *what) {
+  init();
+  if (is_watched(fd)) unmodelled(what, fd_path[fd]);
+}
+
+int fallocate(int fd, int mode, off_t off, off_t len) {
+  no_fd_call(fd, "fallocate");
+  typedef int (*fn)(int, int, off_t, off_t);
+  return ((fn)dlsym(RTLD_NEXT, "fallocate"))(fd, mode, off, len);
+}
+
+int posix_fallocate(int fd, off_t off, off_t len) {
+  no_fd_call(fd, "posix_fallocate");
+  typedef int (*fn)(int, off_t, off_t);
+  return ((fn)dlsym(RTLD_NEXT, "posix_fallocate"))(fd, off, len);
+}
+
+int dup(int fd) {
+  no_fd_call(fd, "dup");
+  typedef int (*fn)(int);
+  return ((fn)dlsym(RTLD_NEXT, "dup"))(fd);
+}
+
+int dup2(int fd, int to) {
+  no_fd_call(fd, "dup2");
+  typedef int (*fn)(int, int);
+  return ((fn)dlsym(RTLD_NEXT, "dup2"))(fd, to);
 }
