@@ -48,6 +48,15 @@ ROUNDS = 20
 PER_ROUND = 1500  # sends per round: a backlog the Python consumer can keep up with
 
 
+def powercut_env(spec):
+    """hadrond's environment for a run under hdpowercut."""
+    env = {"LD_PRELOAD": POWERCUT_LIB, "HADRON_POWERCUT": spec}
+    if hadron_test.SANITIZED:  # ASan wants to come first; the library only wraps libc calls
+        env["ASAN_OPTIONS"] = ("detect_leaks=1:abort_on_error=0:halt_on_error=1:"
+                               "verify_asan_link_order=0")
+    return env
+
+
 def touch(path):
     with open(path, "w"):
         pass
@@ -248,9 +257,8 @@ class CrashTest(unittest.TestCase):
         before data.mdb's name)."""
         for after, seed in itertools.product(range(20), range(4)):
             broker = Broker(name="powercut-create")
-            broker.env = {"LD_PRELOAD": POWERCUT_LIB,
-                          "HADRON_POWERCUT": "dir=%s,after=%d,keep=some,seed=%d" % (
-                              os.path.realpath(broker.data_dir), after, seed)}
+            broker.env = powercut_env("dir=%s,after=%d,keep=some,seed=%d" % (
+                os.path.realpath(broker.data_dir), after, seed))
             try:
                 broker.start()
                 broker.kill()
@@ -319,10 +327,7 @@ class CrashTest(unittest.TestCase):
             os.path.realpath(broker.data_dir), after, power, rng.randrange(1 << 30), now)
         if not early:
             spec += ",arm=" + arm
-        broker.env = {"LD_PRELOAD": POWERCUT_LIB, "HADRON_POWERCUT": spec}
-        if hadron_test.SANITIZED:
-            broker.env["ASAN_OPTIONS"] = ("detect_leaks=1:abort_on_error=0:halt_on_error=1:"
-                                          "verify_asan_link_order=0")
+        broker.env = powercut_env(spec)
         try:
             broker.start()
         except hadron_test.BrokerError:
