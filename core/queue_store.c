@@ -13,9 +13,11 @@
  * next messages back (hd_queue_depage).
  *
  * Delivery mark: before a durable queue sends seq S it has "S may have been
- * delivered" on disk (HD_OP_HWM, reserved HWM_AHEAD beyond what it needs so
- * that consumers seldom wait).  After a crash, messages up to the mark come
- * back as redeliveries (delivery-count + 1, first-acquirer false).  The
+ * delivered" on disk (HD_OP_HWM, asked for some way beyond what it needs so
+ * that consumers seldom wait; the way doubles each time a consumer had to
+ * wait for it, so that slow flushes do not hold consumers to one stretch
+ * per flush).  After a crash, messages up to the mark come back as
+ * redeliveries (delivery-count + 1, first-acquirer false).  The
  * raised count is written back before such a message is sent again, so that
  * a second crash raises it once more: every read from disk that raises
  * counts (start-up's included) holds those messages until a barrier behind
@@ -34,7 +36,8 @@
 #include "store.h"
 #include "util.h"
 
-#define HWM_AHEAD 512
+#define HWM_AHEAD_MIN 512
+#define HWM_AHEAD_MAX 65536 /* the most a crash can mark as redelivered needlessly */
 #define DEPAGE_LOW 256     /* read from disk when fewer are available */
 #define DEPAGE_BATCH 1024  /* ... this many at most ... */
 #define DEPAGE_BYTES (4u << 20) /* ... or this many bytes */
@@ -136,6 +139,8 @@ static void hwm_done(hd_store_op_t *op, int rc) {
   pthread_mutex_lock(&q->lock);
   if (rc == 0 && op->seq > q->hwm_done) q->hwm_done = op->seq;
   if (rc != 0) q->hwm_asked = q->hwm_done; /* ask again on the next send */
+  if (q->hwm_waited && q->hwm_ahead < HWM_AHEAD_MAX) q->hwm_ahead *= 2;
+  q->hwm_waited = false;
   hd_queue_dispatch_locked(q);
   pthread_mutex_unlock(&q->lock);
   hd_node_unref(&q->node);
@@ -145,7 +150,8 @@ static void hwm_done(hd_store_op_t *op, int rc) {
 static void hwm_ask(hd_queue_t *q, uint64_t seq) {
   hd_store_op_t *op = hd_store_op_new(HD_OP_HWM);
   op->node = q->store_id;
-  op->seq = q->hwm_asked = seq + HWM_AHEAD;
+  if (!q->hwm_ahead) q->hwm_ahead = HWM_AHEAD_MIN;
+  op->seq = q->hwm_asked = seq + q->hwm_ahead;
   op->done = hwm_done;
   op->arg = hd_node_ref(&q->node);
   hd_store_submit(store, op);
@@ -156,8 +162,12 @@ bool hd_queue_may_send_locked(hd_queue_t *q, const hd_entry_t *e) {
   if (!(e->flags & HD_ENT_STORED) || !store) return true;
   if (q->bumps_pending && e->seq <= q->bump_max_seq) return false; /* bumps_done dispatches */
   /* Ask for the next stretch early, so that consumers seldom wait. */
-  if (e->seq + HWM_AHEAD / 2 > q->hwm_asked) hwm_ask(q, e->seq);
-  return e->seq <= q->hwm_done;
+  bool in_time = e->seq <= q->hwm_asked;
+  if (e->seq + (q->hwm_ahead ? q->hwm_ahead : HWM_AHEAD_MIN) / 2 > q->hwm_asked) hwm_ask(q, e->seq);
+  if (e->seq <= q->hwm_done) return true;
+  /* Asked for before this send, and still not on disk: ask further ahead. */
+  if (in_time) q->hwm_waited = true;
+  return false;
 }
 
 /* ---- enqueue ------------------------------------------------------------------- */

@@ -21,6 +21,8 @@
  *                 (LMDB's meta pages are the file's first two pages)
  *   arm=PATH      count and fail only once PATH exists, so that a test
  *                 chooses the moment
+ *   delay=US      fdatasync/fsync: do not fail, take US microseconds longer
+ *                 (a slow disk; with count=N for the first N calls only)
  *
  * Each failure is reported on stderr ("hdfault: injected ..."), which goes
  * to hadrond's log, so a test can tell that its fault really happened. */
@@ -35,6 +37,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 enum call { C_NONE, C_PWRITE, C_PWRITEV, C_FDATASYNC, C_FSYNC };
@@ -46,6 +49,7 @@ static struct {
   int err;
   long after, count;
   long long below; /* 0: any offset */
+  long delay_us;   /* > 0: slow the flush down instead of failing it */
   bool partial;
 } F;
 
@@ -82,6 +86,8 @@ static void parse(void) {
         F.partial = atoi(v) != 0;
       else if (!strcmp(kv, "below"))
         F.below = atoll(v);
+      else if (!strcmp(kv, "delay"))
+        F.delay_us = atol(v);
       else if (!strcmp(kv, "arm"))
         snprintf(F.arm, sizeof F.arm, "%s", v);
     }
@@ -163,7 +169,17 @@ ssize_t pwrite64(int fd, const void *buf, size_t len, off_t off) {
   return pwrite(fd, buf, len, off);
 }
 
-static int failed_sync(const char *call, const char *path) {
+/* A flush that hit: fails, or with delay= waits and then flushes. */
+static int hit_sync(const char *call, const char *path, sync_fn real, int fd) {
+  if (F.delay_us > 0) {
+    static atomic_bool told;
+    if (!atomic_exchange(&told, true))
+      fprintf(stderr, "hdfault: every matching %s on %s made %ld us slower\n", call, path,
+              F.delay_us);
+    struct timespec d = {F.delay_us / 1000000, (F.delay_us % 1000000) * 1000};
+    nanosleep(&d, NULL);
+    return real(fd);
+  }
   report(call, path, "");
   errno = F.err;
   return -1;
@@ -172,12 +188,14 @@ static int failed_sync(const char *call, const char *path) {
 int fdatasync(int fd) {
   NEXT(fdatasync, sync_fn);
   char path[PATH_MAX];
-  return hit(C_FDATASYNC, fd, 0, path, sizeof path) ? failed_sync("fdatasync", path)
-                                                    : next_fdatasync(fd);
+  return hit(C_FDATASYNC, fd, 0, path, sizeof path)
+             ? hit_sync("fdatasync", path, next_fdatasync, fd)
+             : next_fdatasync(fd);
 }
 
 int fsync(int fd) {
   NEXT(fsync, sync_fn);
   char path[PATH_MAX];
-  return hit(C_FSYNC, fd, 0, path, sizeof path) ? failed_sync("fsync", path) : next_fsync(fd);
+  return hit(C_FSYNC, fd, 0, path, sizeof path) ? hit_sync("fsync", path, next_fsync, fd)
+                                                : next_fsync(fd);
 }

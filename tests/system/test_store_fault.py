@@ -416,6 +416,66 @@ class FaultTest(unittest.TestCase):
         self.check_queue(b, list(range(100, 300)))
         self.store_clean(b)
 
+    def test_slow_disk_does_not_hold_consumers_back(self):
+        """Each flush of the log takes 100 ms longer (a slow disk).  Before a
+        message is sent, "it may have been delivered" is on disk (the
+        delivery mark, written some way ahead).  With a fixed reach of 512
+        messages a consumer waited for a flush every 256 messages, which
+        held a durable queue to 256 messages per flush (12,000 msgs/s with
+        20 ms flushes; docs/BENCHMARKS.md).  The reach doubles whenever a
+        consumer had to wait for it, so 8,000 messages need a mark or two
+        per doubling rather than one per 256: counted from the store's
+        shutdown line, which counts every operation (each message's put and
+        delete, the marks)."""
+        b = self.broker("fault-slow", "call=fdatasync,file=log,delay=100000,count=1000000000")
+        self.fire(b)
+        url = b.url()
+        n = 8000
+        out = produce(url, 0, n, window=n, limit_s=120)
+        self.assertEqual(set(out.values()), {"accepted"}, b.log())
+        got = drain_first_mode(url, n)
+        self.assertEqual(got, list(range(n)), b.log())
+        self.assertIn("hdfault: every matching fdatasync", b.log())
+        b.stop()
+        m = re.search(r"store '[^']*', closed: \d+ commits, (\d+) operations", b.log())
+        self.assertTrue(m, b.log())
+        marks = int(m.group(1)) - 2 * n  # the rest: delivery marks
+        self.assertGreater(marks, 0, b.log())
+        self.assertLessEqual(marks, n // 512, "a consumer waited for a mark every few hundred messages:\n" + b.log())
+        b.start()
+        self.assertEqual(consume(url).got, [], b.log())
+        self.store_clean(b)
+
+
+class FirstModeDrain(MessagingHandler):
+    """Take `count` messages, accepting each (rcv-settle-mode first: the
+    broker does not wait for the store before settling)."""
+
+    def __init__(self, url, count, limit_s=120):
+        super().__init__(prefetch=500)
+        self.url, self.count, self.limit_s = url, count, limit_s * SLOW
+        self.got = []
+
+    def on_start(self, event):
+        self.conn = event.container.connect(self.url, reconnect=False)
+        event.container.create_receiver(self.conn, ADDRESS)
+        self.timer = event.container.schedule(self.limit_s, self)
+
+    def on_timer_task(self, event):
+        self.conn.close()
+
+    def on_message(self, event):
+        self.got.append(int(event.message.id))
+        if len(self.got) >= self.count:
+            self.timer.cancel()
+            self.conn.close()
+
+
+def drain_first_mode(url, count):
+    d = FirstModeDrain(url, count)
+    Container(d).run()
+    return d.got
+
 
 if __name__ == "__main__":
     hadron_test.main()
