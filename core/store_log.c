@@ -42,7 +42,7 @@ static uint32_t crc_sw(uint32_t c, const uint8_t *p, size_t n) {
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t c, const uint8_t *p, size_t n) {
+__attribute__((target("sse4.2"))) static uint32_t crc_hw_serial(uint32_t c, const uint8_t *p, size_t n) {
   uint64_t c64 = c;
   for (; n >= 8; n -= 8, p += 8) {
     uint64_t v;
@@ -52,6 +52,47 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t c, const uint8
   c = (uint32_t)c64;
   while (n--) c = __builtin_ia32_crc32qi(c, *p++);
   return c;
+}
+
+/* The crc32 instruction takes 3 cycles to give its result but can start
+ * one every cycle: one chain over a message waits on itself.  Three
+ * chains over three neighbouring stretches of STRETCH bytes run together,
+ * and are joined by "moving" a crc past STRETCH zero bytes, a linear map
+ * kept as 4 tables of 256 (per byte of the crc).  About twice as fast on
+ * the 1 KiB bodies every durable message's record carries (its worker
+ * computes it, hd_store_submit). */
+#define STRETCH 128
+static uint32_t shift_table[4][256];
+
+__attribute__((target("sse4.2"))) static void shift_table_init(void) {
+  static const uint8_t zeros[STRETCH];
+  for (int k = 0; k < 4; k++)
+    for (uint32_t b = 0; b < 256; b++) shift_table[k][b] = crc_hw_serial(b << (8 * k), zeros, STRETCH);
+}
+
+static uint32_t shift_stretch(uint32_t c) {
+  return shift_table[0][c & 0xff] ^ shift_table[1][(c >> 8) & 0xff] ^ shift_table[2][(c >> 16) & 0xff] ^
+         shift_table[3][c >> 24];
+}
+
+__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t c, const uint8_t *p, size_t n) {
+  if (n < 3 * STRETCH) return crc_hw_serial(c, p, n);
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, shift_table_init);
+  for (; n >= 3 * STRETCH; n -= 3 * STRETCH, p += 3 * STRETCH) {
+    uint64_t a = c, b = 0, d = 0;
+    for (size_t i = 0; i < STRETCH; i += 8) {
+      uint64_t va, vb, vd;
+      memcpy(&va, p + i, 8);
+      memcpy(&vb, p + STRETCH + i, 8);
+      memcpy(&vd, p + 2 * STRETCH + i, 8);
+      a = __builtin_ia32_crc32di(a, va);
+      b = __builtin_ia32_crc32di(b, vb);
+      d = __builtin_ia32_crc32di(d, vd);
+    }
+    c = shift_stretch(shift_stretch((uint32_t)a) ^ (uint32_t)b) ^ (uint32_t)d;
+  }
+  return crc_hw_serial(c, p, n);
 }
 static bool have_hw(void) {
   static int have = -1;
