@@ -329,8 +329,14 @@ static void on_transport_closed(hd_conn_t *c) {
   for (pn_link_t *l = pn_link_head(c->pn, 0); l; l = pn_link_next(l, 0)) hd_link_cleanup(l);
   pthread_mutex_lock(&c->lock);
   c->alive = false;
+  hd_work_t *left = c->work_head; /* posted, not yet run: nobody else holds them now */
   c->work_head = c->work_tail = NULL;
   pthread_mutex_unlock(&c->lock);
+  for (hd_work_t *w = left, *next; w; w = next) {
+    next = w->next;
+    w->queued = false;
+    if (w->drop) w->drop(w); /* may drop a reference to c; the transport's is still held */
+  }
   reg_del(c);
   atomic_fetch_sub(&c->listener->conns, 1);
   pn_condition_t *cond = pn_transport_condition(c->transport);

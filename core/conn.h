@@ -21,6 +21,9 @@
 typedef struct hd_work {
   struct hd_work *next;
   void (*run)(struct hd_work *w); /* owner thread */
+  /* Owner thread, instead of run, for work still queued when the
+   * connection closes: frees what run would have freed (NULL: nothing). */
+  void (*drop)(struct hd_work *w);
   bool queued;                    /* [c->lock] */
 } hd_work_t;
 

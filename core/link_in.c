@@ -191,6 +191,14 @@ static void pending_settle(hd_work_t *w) {
   hd_conn_unref(c);
 }
 
+/* The connection closed before the outcome could be given. */
+static void pending_forget(hd_work_t *w) {
+  hd_pending_t *p = (hd_pending_t *)((char *)w - offsetof(hd_pending_t, work));
+  hd_conn_t *c = p->conn;
+  hd_obj_free(p, sizeof *p);
+  hd_conn_unref(c);
+}
+
 static void pending_done(hd_deliver_cb_t *cb, int rc) {
   hd_pending_t *p = (hd_pending_t *)cb;
   p->rc = rc;
@@ -206,6 +214,7 @@ static hd_pending_t *pending_new(hd_inlink_t *in, pn_delivery_t *d) {
   *p = (hd_pending_t){0};
   p->cb.done = pending_done;
   p->work.run = pending_settle;
+  p->work.drop = pending_forget;
   p->conn = in->base.conn;
   hd_conn_ref(p->conn);
   p->in = in;

@@ -58,6 +58,14 @@ static void later_run(hd_work_t *w) {
   hd_conn_unref(c);
 }
 
+/* The connection closed before the settlement could be sent. */
+static void later_forget(hd_work_t *w) {
+  hd_later_t *l = (hd_later_t *)((char *)w - offsetof(hd_later_t, work));
+  hd_conn_t *c = l->conn;
+  free(l);
+  hd_conn_unref(c);
+}
+
 static void later_done(void *arg, int rc) {
   hd_later_t *l = arg;
   (void)rc; /* a failed commit is retried by the store; a barrier completes after it */
@@ -71,6 +79,7 @@ static void later_done(void *arg, int rc) {
 static void settle_after_store(hd_outlink_t *o, pn_delivery_t *d) {
   hd_later_t *l = hd_xcalloc(1, sizeof *l);
   l->work.run = later_run;
+  l->work.drop = later_forget;
   l->conn = o->base.conn;
   hd_conn_ref(l->conn);
   l->o = o;

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -488,7 +489,48 @@ class NodesTest(unittest.TestCase):
         bad.cleanup()
 
 
+class Burst(MessagingHandler):
+    """Send `n` durable messages unsettled and close at once, without
+    waiting for their outcomes (a script that sends and goes)."""
+
+    def __init__(self, url, address, n):
+        super().__init__()
+        self.url, self.address, self.n = url, address, n
+
+    def on_start(self, event):
+        self.conn = event.container.connect(self.url, reconnect=False)
+        event.container.create_sender(self.conn, self.address)
+
+    def on_sendable(self, event):
+        for _ in range(self.n):
+            event.sender.send(Message(body="x" * 1000, durable=True))
+        self.conn.close()
+
+
 class StopAndFlushTest(unittest.TestCase):
+    def test_producers_that_close_at_once_leave_nothing_behind(self):
+        """160 connections, 4 at a time, each sends 50 durable messages and
+        closes without waiting for outcomes.  The commit of a connection's
+        messages often completes just as it closes, after its outcomes were
+        handed to it but before it ran them; those outcomes (and with them
+        the connection's own record) were left behind, 75 of 200
+        connections in one run.  Under ASan the shutdown reports any leak;
+        in every build, all 8,000 messages are stored."""
+        with Broker(name="store-burst", config="[queue burst.q]\n") as b:
+            url = b.url()
+
+            def bursts():
+                for _ in range(40):
+                    Container(Burst(url, "burst.q", 50)).run()
+            threads = [threading.Thread(target=bursts) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wait_stored(b.data_dir, "burst.q", 8000)
+            b.stop()  # exit status 0 and, under ASan, no leak report
+            self.assertEqual(stored_count(b.data_dir, "burst.q"), 8000)
+
     def test_sigterm_settles_pending_producer_messages(self):
         """SIGTERM while producers' durable messages wait for the store:
         the broker settles them before it closes the connection (no
