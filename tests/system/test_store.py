@@ -538,28 +538,23 @@ class StopAndFlushTest(unittest.TestCase):
         consumers take 50 each, accept them in rcv-settle-mode second and
         close without waiting for the broker's settlements (which wait for
         the store): the same for those; all 8,000 are removed."""
-        with Broker(name="store-burst", config="[queue burst.q]\n") as b:
-            url = b.url()
-
-            def bursts():
+        def four_at_a_time(client):
+            def forty():
                 for _ in range(40):
-                    Container(Burst(url, "burst.q", 50)).run()
-            threads = [threading.Thread(target=bursts) for _ in range(4)]
+                    Container(client(url, "burst.q", 50)).run()
+            threads = [threading.Thread(target=forty) for _ in range(4)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
+
+        with Broker(name="store-burst", config="[queue burst.q]\n") as b:
+            url = b.url()
+            four_at_a_time(Burst)
             wait_stored(b.data_dir, "burst.q", 8000)
             # The same for consumers whose accepts the broker settles once
             # their removal is committed (rcv-settle-mode second).
-            def takers():
-                for _ in range(40):
-                    Container(AcceptAndGo(url, "burst.q", 50)).run()
-            threads = [threading.Thread(target=takers) for _ in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            four_at_a_time(AcceptAndGo)
             wait_stored(b.data_dir, "burst.q", 0)
             b.stop()  # exit status 0 and, under ASan, no leak report
             self.assertEqual(stored_count(b.data_dir, "burst.q"), 0)
