@@ -308,8 +308,12 @@ class FaultTest(unittest.TestCase):
         self.assertEqual(set(produce(b.url(), 0, 100).values()), {"accepted"})
         self.fire(b)
         # A queue made on demand is written to LMDB (not the log) at once.
-        first = produce(b.url(), 100, 101, window=1, address="fault.new1")
-        self.assertEqual(first, {100: "amqp:internal-error"}, b.log())
+        # Its record and the message usually share the failing commit (the
+        # producer hears amqp:internal-error); when the record went alone
+        # (the message came more than 2 ms after the attach), the message
+        # is in the retry, which stops hadrond before anyone hears of it.
+        first = produce(b.url(), 100, 101, window=1, address="fault.new1", limit_s=10)
+        self.assertIn(first, ({100: "amqp:internal-error"}, {}), b.log())
         self.assertEqual(self.injected(b), 1, b.log())
         produce(b.url(), 101, 102, window=1, address="fault.new2", limit_s=10)
         code = b.proc.wait(timeout=10 * SLOW)
