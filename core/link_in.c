@@ -191,7 +191,7 @@ static void pending_settle(hd_work_t *w) {
   hd_conn_unref(c);
 }
 
-/* The connection closed before the outcome could be given. */
+/* The connection closed (or has gone) before the outcome could be given. */
 static void pending_forget(hd_work_t *w) {
   hd_pending_t *p = (hd_pending_t *)((char *)w - offsetof(hd_pending_t, work));
   hd_conn_t *c = p->conn;
@@ -202,11 +202,7 @@ static void pending_forget(hd_work_t *w) {
 static void pending_done(hd_deliver_cb_t *cb, int rc) {
   hd_pending_t *p = (hd_pending_t *)cb;
   p->rc = rc;
-  if (!hd_conn_post(p->conn, &p->work)) { /* the connection has gone */
-    hd_conn_t *c = p->conn;
-    hd_obj_free(p, sizeof *p);
-    hd_conn_unref(c);
-  }
+  if (!hd_conn_post(p->conn, &p->work)) pending_forget(&p->work); /* the connection has gone */
 }
 
 static hd_pending_t *pending_new(hd_inlink_t *in, pn_delivery_t *d) {

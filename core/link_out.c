@@ -58,7 +58,7 @@ static void later_run(hd_work_t *w) {
   hd_conn_unref(c);
 }
 
-/* The connection closed before the settlement could be sent. */
+/* The connection closed (or has gone) before the settlement could be sent. */
 static void later_forget(hd_work_t *w) {
   hd_later_t *l = (hd_later_t *)((char *)w - offsetof(hd_later_t, work));
   hd_conn_t *c = l->conn;
@@ -69,11 +69,7 @@ static void later_forget(hd_work_t *w) {
 static void later_done(void *arg, int rc) {
   hd_later_t *l = arg;
   (void)rc; /* a failed commit is retried by the store; a barrier completes after it */
-  if (!hd_conn_post(l->conn, &l->work)) {
-    hd_conn_t *c = l->conn;
-    free(l);
-    hd_conn_unref(c);
-  }
+  if (!hd_conn_post(l->conn, &l->work)) later_forget(&l->work); /* the connection has gone */
 }
 
 static void settle_after_store(hd_outlink_t *o, pn_delivery_t *d) {
