@@ -150,7 +150,6 @@ static void hwm_done(hd_store_op_t *op, int rc) {
 static void hwm_ask(hd_queue_t *q, uint64_t seq) {
   hd_store_op_t *op = hd_store_op_new(HD_OP_HWM);
   op->node = q->store_id;
-  if (!q->hwm_ahead) q->hwm_ahead = HWM_AHEAD_MIN;
   op->seq = q->hwm_asked = seq + q->hwm_ahead;
   op->done = hwm_done;
   op->arg = hd_node_ref(&q->node);
@@ -162,8 +161,9 @@ bool hd_queue_may_send_locked(hd_queue_t *q, const hd_entry_t *e) {
   if (!(e->flags & HD_ENT_STORED) || !store) return true;
   if (q->bumps_pending && e->seq <= q->bump_max_seq) return false; /* bumps_done dispatches */
   /* Ask for the next stretch early, so that consumers seldom wait. */
+  if (!q->hwm_ahead) q->hwm_ahead = HWM_AHEAD_MIN; /* the queue's first stored send */
   bool in_time = e->seq <= q->hwm_asked;
-  if (e->seq + (q->hwm_ahead ? q->hwm_ahead : HWM_AHEAD_MIN) / 2 > q->hwm_asked) hwm_ask(q, e->seq);
+  if (e->seq + q->hwm_ahead / 2 > q->hwm_asked) hwm_ask(q, e->seq);
   if (e->seq <= q->hwm_done) return true;
   /* Asked for before this send, and still not on disk: ask further ahead. */
   if (in_time) q->hwm_waited = true;
