@@ -106,7 +106,7 @@ typedef struct hd_queue {
   uint64_t hwm_done;      /* delivery high-water mark known to be on disk */
   uint64_t hwm_asked;     /* ... and the highest one requested */
   uint64_t hwm_recovered; /* mark found at start-up: up to it, redelivered */
-  uint32_t hwm_ahead;     /* how far past a send the mark is asked for (0 until the first stored send) */
+  uint32_t hwm_ahead;     /* how far past a send the mark is asked for (set with store_id) */
   bool hwm_waited;        /* a send waited for the mark asked last */
   uint32_t bumps_pending; /* raised delivery counts read from disk, not yet committed ... */
   uint64_t bump_max_seq;  /* ... for seqs up to here: those wait before being sent */

@@ -77,6 +77,7 @@ bool hd_node_stores(const hd_node_t *n) {
 void hd_queue_make_durable(hd_queue_t *q) {
   if (!store || q->store_id) return;
   q->store_id = hd_store_new_node_id(store);
+  q->hwm_ahead = HWM_AHEAD_MIN;
   hd_node_opts_t o = {q->node.dead_letter_address ? q->node.dead_letter_address : "",
                       q->node.expiry_address ? q->node.expiry_address : "",
                       q->node.max_deliveries, q->node.max_depth, 1};
@@ -161,7 +162,6 @@ bool hd_queue_may_send_locked(hd_queue_t *q, const hd_entry_t *e) {
   if (!(e->flags & HD_ENT_STORED) || !store) return true;
   if (q->bumps_pending && e->seq <= q->bump_max_seq) return false; /* bumps_done dispatches */
   /* Ask for the next stretch early, so that consumers seldom wait. */
-  if (!q->hwm_ahead) q->hwm_ahead = HWM_AHEAD_MIN; /* the queue's first stored send */
   bool in_time = e->seq <= q->hwm_asked;
   if (e->seq + q->hwm_ahead / 2 > q->hwm_asked) hwm_ask(q, e->seq);
   if (e->seq <= q->hwm_done) return true;
@@ -454,6 +454,7 @@ static int recover_node(const hd_store_node_t *sn, void *arg) {
   if (!n) n = hd_addr_adopt(sn->address, &sn->opts);
   hd_queue_t *q = (hd_queue_t *)n;
   q->store_id = sn->id;
+  q->hwm_ahead = HWM_AHEAD_MIN;
   q->hwm_done = q->hwm_asked = q->hwm_recovered = sn->hwm;
   q->next_seq = (sn->max_seq > sn->hwm ? sn->max_seq : sn->hwm) + 1;
   load_t l = {.q = q, .hwm = sn->hwm, .stop_at_budget = true, .startup = true};
