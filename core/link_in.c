@@ -182,6 +182,9 @@ static void pending_settle(hd_work_t *w) {
     else if (p->rc == HD_EFULL)
       settle(in->base.pn, p->d, PN_REJECTED, "amqp:resource-limit-exceeded",
              "the broker's disk is full; the message was not stored: retry later");
+    else if (p->rc == HD_ENOTFOUND) /* deleted just after it arrived (queue_store.c) */
+      settle(in->base.pn, p->d, PN_REJECTED, "amqp:resource-deleted",
+             "the queue was deleted before the message was stored");
     else
       settle(in->base.pn, p->d, PN_REJECTED, "amqp:internal-error",
              "the broker could not store the message; see its log, retry later");

@@ -83,7 +83,7 @@ static void settle_after_store(hd_outlink_t *o, pn_delivery_t *d) {
   l->next = o->later;
   if (l->next) l->next->prev = l;
   o->later = l;
-  hd_store_after(later_done, l);
+  hd_queues_after(later_done, l); /* after this thread's acknowledgements */
 }
 
 static void notify(hd_consumer_t *c) {

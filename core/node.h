@@ -184,6 +184,18 @@ void hd_queue_unsend(hd_queue_t *q, hd_entry_t *list);
 
 /* Settlement of an acquired entry. */
 void hd_queue_ack(hd_queue_t *q, hd_entry_t *e);
+/* On a thread that called hd_queues_collect(true) (the workers, which
+ * call hd_queues_flush at the end of each event batch), hd_queue_ack works
+ * in runs: one thread's acknowledgements to one queue take the queue's lock
+ * and reach the store (one HD_OP_DELS) together, when the run breaks
+ * (another queue, or a full run), when the thread asks the store for a
+ * barrier after them (hd_queues_after), or here.  Durable messages to durable queues
+ * are collected the same way (queue_store.c).  hd_queues_flush flushes
+ * both kinds of run. */
+void hd_queue_acks_flush(void);
+void hd_queues_collect(bool on);
+bool hd_queues_collecting(void);
+void hd_queues_flush(void);
 /* Back to the queue.  `failed`: the delivery counts as an attempt;
  * `avoid_consumer` (non-zero): never offer it to that consumer again.
  * Returns true when the entry was requeued; false when it has used up
@@ -237,10 +249,15 @@ void hd_queue_store_destroy(hd_queue_t *q);
  * are on disk beyond them. */
 bool hd_queue_browse_disk(hd_queue_t *q, uint64_t from, uint64_t limit, size_t want, hd_entry_t **out);
 /* Call fn(arg) on the store's writer thread once everything submitted so
- * far is committed (at once, on this thread, when there is no store). */
+ * far is committed (at once, on this thread, when there is no store).
+ * What this thread holds in runs (hd_queues_collect) is not submitted yet:
+ * hd_queues_after flushes them first, and must not be called under a
+ * queue lock (the flush takes queue locks); hd_store_after may be. */
 void hd_store_after(void (*fn)(void *arg, int rc), void *arg);
+void hd_queues_after(void (*fn)(void *arg, int rc), void *arg);
 /* Store side effects of settlement (queue lock not needed). */
 void hd_queue_store_del(hd_queue_t *q, const hd_entry_t *e);
+void hd_queue_store_dels(hd_queue_t *q, const uint64_t *seqs, size_t n);
 void hd_queue_store_update(hd_queue_t *q, const hd_entry_t *e);
 /* May e be sent now?  Durable queues first record a delivery high-water
  * mark (asks for it and answers false when it is not on disk yet). */

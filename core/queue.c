@@ -372,17 +372,63 @@ void hd_queue_unsend(hd_queue_t *q, hd_entry_t *list) {
   pthread_mutex_unlock(&q->lock);
 }
 
+/* A consumer's acknowledgements arrive in bursts (one disposition frame
+ * settles a range of deliveries).  Taken one by one, each would take the
+ * queue's lock (which producers and the store's completions contend for)
+ * and hand the store an operation of its own.  A run is one thread's
+ * acknowledgements to one queue, applied together (hd_queue_acks_flush). */
+#define ACK_RUN_MAX 256
+typedef struct ack_run {
+  hd_queue_t *q; /* one reference while the run has entries */
+  hd_entry_t *head; /* chained through next */
+  size_t n;
+  uint64_t seqs[ACK_RUN_MAX]; /* of the stored ones */
+  size_t nseqs;
+} ack_run_t;
+static _Thread_local ack_run_t ack_run;
+/* Only threads that flush at the end of each event batch collect runs;
+ * on others every acknowledgement (and delivery) takes effect at once. */
+static _Thread_local bool collecting;
+
+void hd_queues_collect(bool on) { collecting = on; }
+bool hd_queues_collecting(void) { return collecting; }
+
+void hd_queue_acks_flush(void) {
+  ack_run_t *r = &ack_run;
+  if (!r->n) return;
+  hd_queue_t *q = r->q;
+  hd_entry_t *list = r->head;
+  size_t n = r->n;
+  /* Emptied first: what follows may free the queue, never ack again. */
+  hd_queue_store_dels(q, r->seqs, r->nseqs);
+  r->q = NULL;
+  r->head = NULL;
+  r->n = r->nseqs = 0;
+  pthread_mutex_lock(&q->lock);
+  q->in_flight -= n;
+  q->st.acknowledged += n;
+  pthread_mutex_unlock(&q->lock);
+  for (hd_entry_t *e = list, *next; e; e = next) {
+    next = e->next;
+    hd_entry_free(e);
+  }
+  hd_node_unref(&q->node);
+}
+
 void hd_queue_ack(hd_queue_t *q, hd_entry_t *e) {
   if (e->flags & HD_ENT_COPY) {
     hd_entry_free(e);
     return;
   }
-  hd_queue_store_del(q, e);
-  pthread_mutex_lock(&q->lock);
-  q->in_flight--;
-  q->st.acknowledged++;
-  pthread_mutex_unlock(&q->lock);
-  hd_entry_free(e);
+  ack_run_t *r = &ack_run;
+  if (r->n && (r->q != q || r->n == ACK_RUN_MAX)) hd_queue_acks_flush();
+  if (!r->n) r->q = (hd_queue_t *)hd_node_ref(&q->node);
+  if (e->flags & HD_ENT_STORED) r->seqs[r->nseqs++] = e->seq;
+  e->prev = NULL;
+  e->next = r->head;
+  r->head = e;
+  r->n++;
+  if (!collecting) hd_queue_acks_flush();
 }
 
 bool hd_queue_release(hd_queue_t *q, hd_entry_t *e, bool failed, uint64_t avoid_consumer) {

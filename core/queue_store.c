@@ -99,6 +99,13 @@ static void after_done(hd_store_op_t *op, int rc) {
   hd_store_op_free(op);
 }
 
+void hd_queues_after(void (*fn)(void *arg, int rc), void *arg) {
+  /* What this thread delivered and acknowledged comes first: a consumer
+   * told that its outcome took effect must find it committed (link_out.c). */
+  hd_queues_flush();
+  hd_store_after(fn, arg);
+}
+
 void hd_store_after(void (*fn)(void *arg, int rc), void *arg) {
   if (!store) {
     fn(arg, 0);
@@ -121,6 +128,16 @@ void hd_queue_store_del(hd_queue_t *q, const hd_entry_t *e) {
   hd_store_op_t *op = hd_store_op_new(HD_OP_DEL);
   op->node = q->store_id;
   op->seq = e->seq;
+  hd_store_submit(store, op);
+}
+
+void hd_queue_store_dels(hd_queue_t *q, const uint64_t *seqs, size_t n) {
+  if (!store || !n) return;
+  hd_store_op_t *op = hd_store_op_new(HD_OP_DELS);
+  op->node = q->store_id;
+  op->blob = hd_xmalloc(n * sizeof *seqs);
+  memcpy(op->blob, seqs, n * sizeof *seqs);
+  op->blob_len = n * sizeof *seqs;
   hd_store_submit(store, op);
 }
 
@@ -228,8 +245,81 @@ static void put_done_run(hd_store_op_t *first, size_t n) {
   }
 }
 
+/* A producer's messages arrive in bursts too (one read from its socket
+ * holds dozens).  On a worker thread, durable messages to a queue without
+ * max-depth (whose check needs the lock at once) are collected in a run,
+ * per thread and queue, and get their seqs and go to the store together:
+ * one queue lock and one store hand-off for the run instead of one each per
+ * message.  The run is flushed before anything else this thread delivers
+ * to that queue (so a producer's order is kept), when it breaks, when the
+ * thread asks for a barrier after it (hd_queues_after), and at the end of
+ * each event batch (hd_queues_flush, server.c). */
+#define PUT_RUN_MAX 256
+typedef struct put_run {
+  hd_queue_t *q; /* one reference while the run has ops */
+  put_op_t *head, *tail;
+  size_t n;
+} put_run_t;
+static _Thread_local put_run_t put_run;
+
+static void puts_flush(void) {
+  put_run_t *r = &put_run;
+  if (!r->n) return;
+  hd_queue_t *q = r->q;
+  put_op_t *list = r->head;
+  r->q = NULL;
+  r->head = r->tail = NULL;
+  r->n = 0;
+  pthread_mutex_lock(&q->lock);
+  if (atomic_load_explicit(&q->node.deleted, memory_order_relaxed)) {
+    pthread_mutex_unlock(&q->lock);
+    for (put_op_t *p = list, *next; p; p = next) { /* deleted since: refused as before */
+      next = (put_op_t *)p->op.next;
+      if (p->cb) p->cb->done(p->cb, HD_ENOTFOUND);
+      hd_node_unref(&p->q->node);
+      hd_store_op_free(&p->op);
+    }
+  } else {
+    for (put_op_t *p = list; p; p = (put_op_t *)p->op.next) {
+      p->op.seq = q->next_seq++;
+      q->pending++;
+    }
+    /* Under the queue lock, as single puts are: the store commits this
+     * queue's messages in seq order. */
+    hd_store_submit_list(store, &list->op);
+    pthread_mutex_unlock(&q->lock);
+  }
+  hd_node_unref(&q->node);
+}
+
+void hd_queues_flush(void) {
+  puts_flush();
+  hd_queue_acks_flush();
+}
+
 static int queue_deliver(hd_queue_t *q, hd_msg_t *m, hd_deliver_cb_t *cb) {
   bool durable = m->flags & HD_MSG_DURABLE;
+  put_run_t *r = &put_run;
+  bool collect = durable && !q->node.max_depth && hd_queues_collecting();
+  /* This queue's earlier messages go first; another queue's run ends. */
+  if (r->n && (r->q == q ? !collect || r->n == PUT_RUN_MAX : collect)) puts_flush();
+  if (collect) {
+    if (atomic_load_explicit(&q->node.deleted, memory_order_relaxed)) return HD_ENOTFOUND;
+    put_op_t *p = hd_obj_alloc(HD_STORE_OP_SIZE);
+    *p = (put_op_t){0};
+    p->op.kind = HD_OP_PUT;
+    p->op.node = q->store_id;
+    p->op.msg = hd_msg_ref(m);
+    p->op.delivery_count = m->delivery_count;
+    p->op.done_run = put_done_run;
+    p->q = (hd_queue_t *)hd_node_ref(&q->node);
+    p->cb = cb;
+    if (!r->n) r->q = (hd_queue_t *)hd_node_ref(&q->node);
+    if (r->tail) r->tail->op.next = &p->op; else r->head = p;
+    r->tail = p;
+    r->n++;
+    return cb ? HD_PENDING : 0;
+  }
   pthread_mutex_lock(&q->lock);
   if (atomic_load_explicit(&q->node.deleted, memory_order_relaxed)) {
     pthread_mutex_unlock(&q->lock);

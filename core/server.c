@@ -220,9 +220,11 @@ static void handle(pn_event_t *e) {
 static void *worker(void *arg) {
   (void)arg;
   pthread_setname_np(pthread_self(), "hd-worker"); /* for top -H, perf and gdb */
+  hd_queues_collect(true);
   while (!atomic_load(&S.stopping)) {
     pn_event_batch_t *b = pn_proactor_wait(S.proactor);
     for (pn_event_t *e; (e = pn_event_batch_next(b));) handle(e);
+    hd_queues_flush(); /* before the next batch, maybe of another connection */
     pn_proactor_done(S.proactor, b);
   }
   if (atomic_fetch_sub(&S.running, 1) > 1) pn_proactor_interrupt(S.proactor);

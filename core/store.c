@@ -92,26 +92,45 @@ void hd_store_op_free(hd_store_op_t *op) {
   hd_obj_free(op, HD_STORE_OP_SIZE);
 }
 
+/* HD_OP_DELS: the i-th seq, and how many records an op stands for (the
+ * "operations" the store counts). */
+static uint64_t dels_seq(const hd_store_op_t *op, size_t i) { return ((const uint64_t *)op->blob)[i]; }
+static size_t op_records(const hd_store_op_t *op) { return op->kind == HD_OP_DELS ? op->blob_len / 8 : 1; }
+
 static bool urgent(hd_store_op_kind_t k) {
   return k == HD_OP_PUT || k == HD_OP_NOP || k == HD_OP_BARRIER || k == HD_OP_HWM;
 }
 
 void hd_store_submit(hd_store_t *s, hd_store_op_t *op) {
   op->next = NULL;
-  /* Here, on the thread that has just received the message, its bytes
-   * are in this CPU's cache; the writer thread then never reads them
-   * (store_log.h). */
-  if (op->kind == HD_OP_PUT && s->opts.log_size) op->body_crc = hd_crc32c(0, op->msg->buf, op->msg->len);
+  hd_store_submit_list(s, op);
+}
+
+void hd_store_submit_list(hd_store_t *s, hd_store_op_t *head) {
+  if (!head) return;
+  size_t n = 0, n_urgent = 0;
+  int64_t bytes = 0;
+  hd_store_op_t *tail = head;
+  for (hd_store_op_t *op = head; op; op = op->next) {
+    tail = op;
+    n++;
+    n_urgent += urgent(op->kind);
+    if (op->kind != HD_OP_PUT) continue;
+    bytes += (int64_t)op->msg->len;
+    /* Here, on the thread that has just received the message, its bytes
+     * are in this CPU's cache; the writer thread then never reads them
+     * (store_log.h). */
+    if (s->opts.log_size) op->body_crc = hd_crc32c(0, op->msg->buf, op->msg->len);
+  }
   pthread_mutex_lock(&s->lock);
-  bool was_empty = !s->head, now = urgent(op->kind);
-  if (s->tail) s->tail->next = op; else s->head = op;
-  s->tail = op;
-  s->queued++;
-  if (now) s->urgent++;
-  if (op->kind == HD_OP_PUT &&
-      atomic_fetch_add_explicit(&s->backlog, op->msg->len, memory_order_relaxed) + op->msg->len > BACKLOG_HIGH)
+  bool was_empty = !s->head, wake_urgent = n_urgent && s->urgent == 0;
+  if (s->tail) s->tail->next = head; else s->head = head;
+  s->tail = tail;
+  s->queued += n;
+  s->urgent += n_urgent;
+  if (bytes && atomic_fetch_add_explicit(&s->backlog, bytes, memory_order_relaxed) + bytes > BACKLOG_HIGH)
     atomic_store_explicit(&s->backlogged, true, memory_order_relaxed);
-  if (was_empty || (now && s->urgent == 1)) pthread_cond_signal(&s->cond);
+  if (was_empty || wake_urgent) pthread_cond_signal(&s->cond);
   pthread_mutex_unlock(&s->lock);
 }
 
@@ -638,9 +657,9 @@ static void apply_put(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
   }
 }
 
-static void apply_del(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
+static void apply_del(hd_store_t *s, wtxn_t *t, batch_t *b, uint64_t node, uint64_t seq) {
   uint8_t kb[16];
-  hd_msg_key(kb, op->node, op->seq);
+  hd_msg_key(kb, node, seq);
   MDB_val k = {16, kb}, ck, cd;
   if (t->rc) return;
   if (!t->del && (t->rc = mdb_cursor_open(t->txn, s->msgs, &t->del))) return;
@@ -657,7 +676,7 @@ static void apply_del(hd_store_t *s, wtxn_t *t, batch_t *b, hd_store_op_t *op) {
     t->rc = rc;
     return;
   }
-  stat_delta_t *sd = delta(b, op->node);
+  stat_delta_t *sd = delta(b, node);
   if (sd) sd->count--; else b->overflow = true;
 }
 
@@ -777,7 +796,10 @@ static int apply_batch(hd_store_t *s, batch_t *b) {
       else
         apply_put(s, &t, b, op);
       break;
-    case HD_OP_DEL: apply_del(s, &t, b, op); break;
+    case HD_OP_DEL: apply_del(s, &t, b, op->node, op->seq); break;
+    case HD_OP_DELS:
+      for (size_t i = 0; i < op->blob_len / 8 && !t.rc; i++) apply_del(s, &t, b, op->node, dels_seq(op, i));
+      break;
     case HD_OP_UPDATE: apply_update(s, &t, op); break;
     case HD_OP_NODE_PUT: {
       uint8_t kb[8];
@@ -868,8 +890,7 @@ static int checkpoint_step(hd_store_t *s, const hd_table_t *tb, const hd_pend_t 
     used += 512; /* a page or so rewritten */
   }
   for (; p.del < tb->dels.n && used < CHECKPOINT_BYTES && !t.rc; p.del++) {
-    hd_store_op_t op = {.kind = HD_OP_DEL, .node = tb->dels.v[p.del].node, .seq = tb->dels.v[p.del].seq};
-    apply_del(s, &t, &b, &op);
+    apply_del(s, &t, &b, tb->dels.v[p.del].node, tb->dels.v[p.del].seq);
     used += 512;
   }
   bool last = p.put == n && p.upd == tb->updates.n && p.del == tb->dels.n;
@@ -1038,8 +1059,16 @@ static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
   if (s->log_moved && (rc = checkpoint(s, true))) return rc;
   hd_slog_begin(&s->log);
   hd_slog_op_t lo;
-  for (hd_store_op_t *op = b->head; op; op = op->next)
-    if (to_log_op(op, &lo)) hd_slog_add(&s->log, &lo);
+  for (hd_store_op_t *op = b->head; op; op = op->next) {
+    if (op->kind == HD_OP_DELS) {
+      for (size_t i = 0; i < op->blob_len / 8; i++) {
+        lo = (hd_slog_op_t){.kind = HD_SLOG_DEL, .node = op->node, .seq = dels_seq(op, i)};
+        hd_slog_add(&s->log, &lo);
+      }
+    } else if (to_log_op(op, &lo)) {
+      hd_slog_add(&s->log, &lo);
+    }
+  }
   if (!s->log.nops) { /* barriers and no-ops only: what came before is already flushed */
     for (hd_store_op_t *op = b->head; op; op = op->next) op->rc = 0;
     *done = true;
@@ -1073,7 +1102,14 @@ static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
   for (hd_store_op_t *op = b->head; op; op = op->next) {
     op->rc = 0;
     op->in_tree = false;
-    if (to_log_op(op, &lo)) hd_table_apply(cur, older, &lo, op->msg); /* a reference, not a copy */
+    if (op->kind == HD_OP_DELS) {
+      for (size_t i = 0; i < op->blob_len / 8; i++) {
+        lo = (hd_slog_op_t){.kind = HD_SLOG_DEL, .node = op->node, .seq = dels_seq(op, i)};
+        hd_table_apply(cur, older, &lo, NULL);
+      }
+    } else if (to_log_op(op, &lo)) {
+      hd_table_apply(cur, older, &lo, op->msg); /* a reference, not a copy */
+    }
   }
   *done = true;
   return 0;
@@ -1263,14 +1299,17 @@ static void *writer_main(void *arg) {
         if (urgent(op->kind)) s->urgent--;
     }
     pthread_mutex_unlock(&s->lock);
-    int64_t taken = 0; /* one walk of the batch for both sums */
-    for (hd_store_op_t *op = b.head; op; op = op->next)
+    int64_t taken = 0; /* one walk of the batch for the sums */
+    size_t records = 0;
+    for (hd_store_op_t *op = b.head; op; op = op->next) {
+      records += op_records(op);
       if (op->kind == HD_OP_PUT) {
         taken += op->msg->len;
         b.need += 2 * (HD_REC_HDR + op->msg->len);
       } else if (op->kind == HD_OP_NODE_PUT || op->kind == HD_OP_NODE_DEL) {
         b.tree_only = true;
       }
+    }
     bool resume = atomic_fetch_sub(&s->backlog, taken) - taken < BACKLOG_LOW &&
                   atomic_exchange(&s->backlogged, false);
     if (resume && !atomic_load(&s->full) && s->opts.on_space) s->opts.on_space();
@@ -1325,7 +1364,7 @@ static void *writer_main(void *arg) {
         continue;
       }
       atomic_fetch_add(&s->commits, 1);
-      atomic_fetch_add(&s->ops, b.n);
+      atomic_fetch_add(&s->ops, records);
       if (!s->opts.flush_interval) atomic_fetch_add(&s->syncs, 1);
       dirty = true;
       complete(b.head);

@@ -53,6 +53,8 @@ typedef enum {
   HD_OP_HWM,       /* hwm[node] = seq */
   HD_OP_NOP,       /* writes nothing; completes in order with the others */
   HD_OP_BARRIER,   /* writes nothing; completes only once everything before it is committed */
+  HD_OP_DELS,      /* delete msgs[node, s] for each s in blob (uint64_t[blob_len / 8]): a
+                    * consumer's acknowledgements in one op (hd_queue_ack) */
 } hd_store_op_kind_t;
 
 typedef struct hd_store_op {
@@ -117,6 +119,9 @@ bool hd_store_full(const hd_store_t *s);
 
 /* Queue an operation (any thread).  Ownership passes to the store. */
 void hd_store_submit(hd_store_t *s, hd_store_op_t *op);
+/* The same for a chain of ops (through next), in that order, with one
+ * lock round trip. */
+void hd_store_submit_list(hd_store_t *s, hd_store_op_t *head);
 
 /* ---- reading ------------------------------------------------------------ */
 

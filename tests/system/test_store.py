@@ -323,6 +323,32 @@ class DurableTest(unittest.TestCase):
             got = receive_all(b.url(), "mixed.q")
         self.assertEqual([0, 2, 4, 6, 8], [m.id for m in got])
 
+    def test_bursts_of_mixed_messages_keep_their_order(self):
+        """One producer sends as fast as credit allows, unsettled, to two
+        durable queues through an anonymous relay link: runs of durable
+        messages (which the broker hands to its store in runs per queue)
+        broken by non-durable ones and by messages to the other queue.
+        Each queue gives them back in the order sent; after a kill, the
+        durable ones only, still in order."""
+        msgs = []
+        for i in range(600):
+            m = Message(id=i, body="m%d" % i, durable=(i // 7) % 3 != 2)
+            m.address = "burst.a" if (i // 50) % 4 != 3 else "burst.b"
+            msgs.append(m)
+        want = {a: [m.id for m in msgs if m.address == a] for a in ("burst.a", "burst.b")}
+        with Broker(name="store-burst") as b:
+            prod = run(Producer(b.url(), None, msgs))
+            self.assertEqual(list(range(600)), sorted(prod.accepted), b.log())
+            for a in want:
+                self.assertEqual(want[a], [m.id for m in receive_all(b.url(), a)], a)
+            prod = run(Producer(b.url(), None, msgs))
+            self.assertEqual(600, len(prod.accepted), b.log())
+            b.kill()
+            b.start()
+            for a in want:
+                durable = [m.id for m in msgs if m.address == a and m.durable]
+                self.assertEqual(durable, [m.id for m in receive_all(b.url(), a)], a)
+
     def test_queue_durable_no_keeps_messages_in_memory(self):
         """[queue X] durable = no: even durable messages are gone after a
         restart, the queue is not in the store; other queues still are."""

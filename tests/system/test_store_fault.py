@@ -420,6 +420,35 @@ class FaultTest(unittest.TestCase):
         self.check_queue(b, list(range(100, 300)))
         self.store_clean(b)
 
+    def test_confirmed_accept_is_on_disk_however_slow_the_flush(self):
+        """A consumer in rcv-settle-mode second hears that its accepts took
+        effect only once their deletes are flushed, even though the broker
+        hands a consumer's accepts to the store in runs: with each flush of
+        the log half a second slower, the broker is killed the moment the
+        last settlement arrives, and none of the messages comes back."""
+        b = self.broker("fault-confirm", "call=fdatasync,file=log,delay=%d,count=1000000000" % (500000 * SLOW))
+        self.fire(b)
+        url = b.url()
+        out = produce(url, 0, 5)
+        self.assertEqual(set(out.values()), {"accepted"}, b.log())
+
+        class KillOnLast(Consumer):
+            def on_settled(self, event):
+                super().on_settled(event)
+                if len(self.consumed) == self.count and not self.killed:
+                    self.killed = True
+                    b.kill()
+                    self.conn.close()
+
+        KillOnLast.killed = False
+
+        c = KillOnLast(url, count=5)
+        Container(c).run()
+        self.assertEqual(c.consumed, list(range(5)), b.log())
+        self.restart_clean(b)
+        self.check_queue(b, [])
+        self.store_clean(b)
+
     def test_slow_disk_does_not_hold_consumers_back(self):
         """Each flush of the log takes 100 ms longer (a slow disk).  Before a
         message is sent, "it may have been delivered" is on disk (the

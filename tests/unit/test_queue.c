@@ -611,6 +611,48 @@ static void t_stats(void **state) {
   hd_node_unref(&q->node);
 }
 
+/* On a worker (hd_queues_collect), a thread's acknowledgements to one
+ * queue take effect (counted, their messages freed) together, when the run
+ * is flushed or breaks at another queue; elsewhere each at once. */
+static void t_ack_runs(void **state) {
+  (void)state;
+  hd_queue_t *q = new_queue(0, 0), *q2 = new_queue(0, 0);
+  hd_consumer_t c, c2;
+  consumer_init(&c, 1, false);
+  consumer_init(&c2, 2, false);
+  hd_queue_attach(q, &c);
+  hd_queue_attach(q2, &c2);
+  for (int i = 0; i < 4; i++) put(q, i);
+  put(q2, 4);
+  hd_entry_t *got = pump_expect(q, &c, 4, (const int[]){0, 1, 2, 3, -1});
+  hd_entry_t *got2 = pump_expect(q2, &c2, 1, (const int[]){4, -1});
+  hd_entry_t *e0 = got, *e1 = got->next, *e2 = e1->next, *e3 = e2->next; /* an ack reuses next */
+  hd_queue_ack(q, e0); /* not a worker: at once */
+  assert_int_equal(stats(q).in_flight, 3);
+  assert_int_equal(stats(q).acknowledged, 1);
+  hd_queues_collect(true);
+  hd_queue_ack(q, e1);
+  hd_queue_ack(q, e2);
+  assert_int_equal(stats(q).in_flight, 3); /* in the run */
+  assert_int_equal(stats(q).acknowledged, 1);
+  hd_queue_ack(q2, got2); /* another queue: q's run is applied */
+  assert_int_equal(stats(q).in_flight, 1);
+  assert_int_equal(stats(q).acknowledged, 3);
+  assert_int_equal(stats(q2).in_flight, 1);
+  hd_queue_ack(q, e3);
+  assert_int_equal(stats(q2).in_flight, 0);
+  assert_int_equal(stats(q2).acknowledged, 1);
+  hd_queues_flush();
+  hd_queues_flush(); /* nothing left: a no-op */
+  hd_queues_collect(false);
+  assert_int_equal(stats(q).depth, 0);
+  assert_int_equal(stats(q).acknowledged, 4);
+  hd_queue_detach(q, &c);
+  hd_queue_detach(q2, &c2);
+  hd_node_unref(&q->node);
+  hd_node_unref(&q2->node);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(t_fifo, setup, teardown),
@@ -625,6 +667,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(t_expiry, setup, teardown),
       cmocka_unit_test_setup_teardown(t_expired_never_delivered, setup, teardown),
       cmocka_unit_test_setup_teardown(t_stats, setup, teardown),
+      cmocka_unit_test_setup_teardown(t_ack_runs, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
