@@ -16,6 +16,7 @@
 #include "hadron/module.h"
 #include "message.h"
 #include "node.h"
+#include "unit_msg.h"
 
 #define NMSG 8
 
@@ -32,17 +33,9 @@ static void on_notify(hd_consumer_t *c) {
 
 static hd_msg_t *msgs[NMSG];
 
-/* A minimal valid message: one amqp-value string section "m<i>". */
+/* unit_msg(i) with an expiry. */
 static hd_msg_t *make_msg(int i, uint64_t expiry_ms) {
-  char text[16];
-  int n = snprintf(text, sizeof text, "m%d", i);
-  hd_msg_t *m = hd_msg_alloc(5 + (size_t)n);
-  assert_non_null(m);
-  uint8_t head[5] = {HD_AMQP_DESCRIBED, HD_AMQP_SMALLULONG, HD_SEC_VALUE, HD_AMQP_STR8, (uint8_t)n};
-  memcpy(m->buf, head, 5);
-  memcpy(m->buf + 5, text, (size_t)n);
-  const char *why = NULL;
-  assert_int_equal(hd_msg_parse(m, 0, &why), 0);
+  hd_msg_t *m = unit_msg(i);
   m->expiry_ms = expiry_ms;
   return m;
 }

@@ -21,6 +21,7 @@
 #include "message.h"
 #include "node.h"
 #include "store.h"
+#include "unit_msg.h"
 
 #define NMSG 3
 #define WAIT_MS 10000
@@ -91,15 +92,7 @@ static uint64_t settle_store(void) {
 /* ---- fixtures -------------------------------------------------------------- */
 
 static hd_msg_t *durable_msg(int i) {
-  char text[16];
-  int n = snprintf(text, sizeof text, "m%d", i);
-  hd_msg_t *m = hd_msg_alloc(5 + (size_t)n);
-  assert_non_null(m);
-  uint8_t head[5] = {HD_AMQP_DESCRIBED, HD_AMQP_SMALLULONG, HD_SEC_VALUE, HD_AMQP_STR8, (uint8_t)n};
-  memcpy(m->buf, head, 5);
-  memcpy(m->buf + 5, text, (size_t)n);
-  const char *why = NULL;
-  assert_int_equal(hd_msg_parse(m, 0, &why), 0);
+  hd_msg_t *m = unit_msg(i);
   m->flags |= HD_MSG_DURABLE; /* as a header section with durable = true makes it */
   return m;
 }
@@ -139,6 +132,21 @@ static int teardown(void **state) {
   return 0;
 }
 
+/* A consumer on q, and the NMSG messages it takes (the first pump may
+ * have to wait for the delivery mark to be committed). */
+static hd_batch_t attach_and_pump(hd_consumer_t *c) {
+  memset(c, 0, sizeof *c);
+  c->id = 1;
+  hd_queue_attach(q, c);
+  hd_batch_t b = {0};
+  for (int tries = 0; tries < 1000 && b.n == 0; tries++) {
+    hd_queue_pump(q, c, NMSG, false, &b);
+    if (b.n == 0) usleep(10000);
+  }
+  assert_int_equal(b.n, NMSG);
+  return b;
+}
+
 /* ---- tests ----------------------------------------------------------------- */
 
 /* On a worker, durable messages wait in the thread's run until it is
@@ -162,16 +170,7 @@ static void t_put_run(void **state) {
   }
 
   hd_consumer_t c;
-  memset(&c, 0, sizeof c);
-  c.id = 1;
-  hd_queue_attach(q, &c);
-  hd_batch_t b = {0};
-  /* The first pump may have to wait for the delivery mark. */
-  for (int tries = 0; tries < 1000 && b.n == 0; tries++) {
-    hd_queue_pump(q, &c, NMSG, false, &b);
-    if (b.n == 0) usleep(10000);
-  }
-  assert_int_equal(b.n, NMSG);
+  hd_batch_t b = attach_and_pump(&c);
   hd_entry_t *e = b.head;
   uint64_t seq0 = e->seq;
   for (int i = 0; i < NMSG; i++, e = e->next) {
@@ -195,15 +194,7 @@ static void t_barrier_after_acks(void **state) {
   for (int i = 0; i < NMSG; i++) assert_int_equal(hd_node_deliver(&q->node, msgs[i], &outs[i].cb), HD_PENDING);
   wait_for(&n_done, NMSG, NULL);
   hd_consumer_t c;
-  memset(&c, 0, sizeof c);
-  c.id = 1;
-  hd_queue_attach(q, &c);
-  hd_batch_t b = {0};
-  for (int tries = 0; tries < 1000 && b.n == 0; tries++) {
-    hd_queue_pump(q, &c, NMSG, false, &b);
-    if (b.n == 0) usleep(10000);
-  }
-  assert_int_equal(b.n, NMSG);
+  hd_batch_t b = attach_and_pump(&c);
   uint64_t before = settle_store(); /* the delivery mark committed too */
   hd_queues_collect(true);
   for (hd_entry_t *e = b.head; e;) {
