@@ -245,6 +245,22 @@ static void put_done_run(hd_store_op_t *first, size_t n) {
   }
 }
 
+/* The store op of one message to q (seq set by the caller); holds a
+ * reference to the message and one to q, which put_done_run drops. */
+static put_op_t *put_op_new(hd_queue_t *q, hd_msg_t *m, hd_store_op_kind_t kind, hd_deliver_cb_t *cb) {
+  _Static_assert(sizeof(put_op_t) <= HD_STORE_OP_SIZE, "put_op_t outgrew HD_STORE_OP_SIZE");
+  put_op_t *p = hd_obj_alloc(HD_STORE_OP_SIZE);
+  *p = (put_op_t){0};
+  p->op.kind = kind;
+  p->op.node = q->store_id;
+  p->op.msg = hd_msg_ref(m);
+  p->op.delivery_count = m->delivery_count;
+  p->op.done_run = put_done_run;
+  p->q = (hd_queue_t *)hd_node_ref(&q->node);
+  p->cb = cb;
+  return p;
+}
+
 /* A producer's messages arrive in bursts too (one read from its socket
  * holds dozens).  On a worker thread, durable messages to a queue without
  * max-depth (whose check needs the lock at once) are collected in a run,
@@ -305,15 +321,7 @@ static int queue_deliver(hd_queue_t *q, hd_msg_t *m, hd_deliver_cb_t *cb) {
   if (r->n && (r->q == q ? !collect || r->n == PUT_RUN_MAX : collect)) puts_flush();
   if (collect) {
     if (atomic_load_explicit(&q->node.deleted, memory_order_relaxed)) return HD_ENOTFOUND;
-    put_op_t *p = hd_obj_alloc(HD_STORE_OP_SIZE);
-    *p = (put_op_t){0};
-    p->op.kind = HD_OP_PUT;
-    p->op.node = q->store_id;
-    p->op.msg = hd_msg_ref(m);
-    p->op.delivery_count = m->delivery_count;
-    p->op.done_run = put_done_run;
-    p->q = (hd_queue_t *)hd_node_ref(&q->node);
-    p->cb = cb;
+    put_op_t *p = put_op_new(q, m, HD_OP_PUT, cb);
     if (!r->n) r->q = (hd_queue_t *)hd_node_ref(&q->node);
     if (r->tail) r->tail->op.next = &p->op; else r->head = p;
     r->tail = p;
@@ -337,19 +345,11 @@ static int queue_deliver(hd_queue_t *q, hd_msg_t *m, hd_deliver_cb_t *cb) {
     pthread_mutex_unlock(&q->lock);
     return 0;
   }
-  _Static_assert(sizeof(put_op_t) <= HD_STORE_OP_SIZE, "put_op_t outgrew HD_STORE_OP_SIZE");
-  put_op_t *p = hd_obj_alloc(HD_STORE_OP_SIZE);
-  *p = (put_op_t){0};
+  put_op_t *p = put_op_new(q, m, durable || q->paged || over_budget() ? HD_OP_PUT : HD_OP_NOP,
+                           durable ? cb : NULL);
   hd_store_op_t *op = &p->op;
-  op->kind = durable || q->paged || over_budget() ? HD_OP_PUT : HD_OP_NOP;
   if (!durable && op->kind == HD_OP_PUT) op->flags = HD_REC_NONDURABLE;
-  op->node = q->store_id;
   op->seq = q->next_seq++;
-  op->msg = hd_msg_ref(m);
-  op->delivery_count = m->delivery_count;
-  op->done_run = put_done_run;
-  p->q = (hd_queue_t *)hd_node_ref(&q->node);
-  p->cb = durable ? cb : NULL;
   q->pending++;
   /* Submitted under the queue lock: the store commits this queue's
    * messages in seq order. */

@@ -798,7 +798,7 @@ static int apply_batch(hd_store_t *s, batch_t *b) {
       break;
     case HD_OP_DEL: apply_del(s, &t, b, op->node, op->seq); break;
     case HD_OP_DELS:
-      for (size_t i = 0; i < op->blob_len / 8 && !t.rc; i++) apply_del(s, &t, b, op->node, dels_seq(op, i));
+      for (size_t i = 0; i < op_records(op) && !t.rc; i++) apply_del(s, &t, b, op->node, dels_seq(op, i));
       break;
     case HD_OP_UPDATE: apply_update(s, &t, op); break;
     case HD_OP_NODE_PUT: {
@@ -1010,10 +1010,18 @@ static int switch_files(hd_store_t *s) {
   return 0;
 }
 
-/* The log's record of an operation; false: nothing to log (no-ops,
- * barriers; node records never come here). */
-static bool to_log_op(const hd_store_op_t *op, hd_slog_op_t *lo) {
+/* The log's i-th record of an operation (HD_OP_DELS has one per seq, the
+ * others one); false: no such record (no-ops and barriers have none; node
+ * records never come here). */
+static bool to_log_op(const hd_store_op_t *op, size_t i, hd_slog_op_t *lo) {
   *lo = (hd_slog_op_t){.node = op->node, .seq = op->seq, .delivery_count = op->delivery_count};
+  if (op->kind == HD_OP_DELS) {
+    if (i >= op_records(op)) return false;
+    lo->kind = HD_SLOG_DEL;
+    lo->seq = dels_seq(op, i);
+    return true;
+  }
+  if (i) return false;
   switch (op->kind) {
   case HD_OP_PUT:
     lo->kind = HD_SLOG_PUT;
@@ -1059,16 +1067,8 @@ static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
   if (s->log_moved && (rc = checkpoint(s, true))) return rc;
   hd_slog_begin(&s->log);
   hd_slog_op_t lo;
-  for (hd_store_op_t *op = b->head; op; op = op->next) {
-    if (op->kind == HD_OP_DELS) {
-      for (size_t i = 0; i < op->blob_len / 8; i++) {
-        lo = (hd_slog_op_t){.kind = HD_SLOG_DEL, .node = op->node, .seq = dels_seq(op, i)};
-        hd_slog_add(&s->log, &lo);
-      }
-    } else if (to_log_op(op, &lo)) {
-      hd_slog_add(&s->log, &lo);
-    }
-  }
+  for (hd_store_op_t *op = b->head; op; op = op->next)
+    for (size_t i = 0; to_log_op(op, i, &lo); i++) hd_slog_add(&s->log, &lo);
   if (!s->log.nops) { /* barriers and no-ops only: what came before is already flushed */
     for (hd_store_op_t *op = b->head; op; op = op->next) op->rc = 0;
     *done = true;
@@ -1102,14 +1102,8 @@ static int log_batch(hd_store_t *s, batch_t *b, bool *done) {
   for (hd_store_op_t *op = b->head; op; op = op->next) {
     op->rc = 0;
     op->in_tree = false;
-    if (op->kind == HD_OP_DELS) {
-      for (size_t i = 0; i < op->blob_len / 8; i++) {
-        lo = (hd_slog_op_t){.kind = HD_SLOG_DEL, .node = op->node, .seq = dels_seq(op, i)};
-        hd_table_apply(cur, older, &lo, NULL);
-      }
-    } else if (to_log_op(op, &lo)) {
-      hd_table_apply(cur, older, &lo, op->msg); /* a reference, not a copy */
-    }
+    for (size_t i = 0; to_log_op(op, i, &lo); i++)
+      hd_table_apply(cur, older, &lo, op->msg); /* a reference, not a copy (NULL for deletes) */
   }
   *done = true;
   return 0;
