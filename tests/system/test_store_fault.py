@@ -503,6 +503,62 @@ class FaultTest(unittest.TestCase):
         self.assertGreater(len(got), 0, "nothing of what was sent was stored:\n" + b.log())
         self.store_clean(b)
 
+    def test_consumer_gone_while_its_accepts_wait_for_the_disk(self):
+        """Consumers in rcv-settle-mode second that accept and close their
+        connection at once, while the deletes wait for a slow flush (half a
+        second): the broker's settlements then go to a connection that is
+        no longer there, every time (test_store.py's burst of such
+        consumers meets that moment only by chance).  They are dropped
+        without harm (the sanitizer build checks for leaks at shutdown),
+        and each accept that reached the broker takes effect: what is left
+        is exactly what was not accepted, once each."""
+        b = self.broker("fault-gone-rx", "call=fdatasync,file=log,delay=%d,count=1000000000" % (500000 * SLOW))
+        url = b.url()
+        out = produce(url, 0, 300, window=300)  # before the disk turns slow
+        self.assertEqual(set(out.values()), {"accepted"}, b.log())
+        self.fire(b)
+        accepted = []
+        for _ in range(5):
+            g = AcceptAndGo(url, 40)
+            Container(g).run()
+            self.assertEqual(len(g.accepted), 40, b.log())
+            self.assertEqual(g.settled, 0, "a settlement arrived before the close; the flush is not slow")
+            accepted += g.accepted
+        time.sleep(2 * SLOW)  # the last flushes complete
+        self.assertIn("hdfault: every matching fdatasync", b.log())
+        b.stop()  # SIGTERM: exit status 0, and under ASan no leak
+        b.env = None
+        b.start()
+        got = consume(b.url()).got
+        self.assertEqual(len(got), len(set(got)), "a message twice")
+        self.assertEqual(sorted(got), sorted(set(range(300)) - set(accepted)),
+                         "not exactly the messages that were not accepted:\n" + b.log())
+        self.store_clean(b)
+
+
+class AcceptAndGo(MessagingHandler):
+    """Take `n` messages in rcv-settle-mode second, accept each, and close
+    the connection as soon as all are accepted, without waiting for the
+    broker's settlements; `settled` counts those that came before."""
+
+    def __init__(self, url, n):
+        super().__init__(prefetch=0, auto_accept=False, auto_settle=False)
+        self.url, self.n = url, n
+        self.accepted, self.settled = [], 0
+
+    def on_start(self, event):
+        self.conn = event.container.connect(self.url, reconnect=False)
+        event.container.create_receiver(self.conn, ADDRESS, options=SecondMode()).flow(self.n)
+
+    def on_message(self, event):
+        event.delivery.update(Delivery.ACCEPTED)
+        self.accepted.append(int(event.message.id))
+        if len(self.accepted) == self.n:
+            self.conn.close()
+
+    def on_settled(self, event):
+        self.settled += 1
+
 
 class FirstModeDrain(MessagingHandler):
     """Take `count` messages, accepting each (rcv-settle-mode first: the
