@@ -479,6 +479,19 @@ class FaultTest(unittest.TestCase):
         self.assertEqual(consume(b.url()).got, [], b.log())
         self.store_clean(b)
 
+    def left_after_slow_flushes(self, b):
+        """Once the last slow flushes are done: a clean stop (exit status 0,
+        and under ASan no leak), a start without the fault library, and the
+        ids the queue then holds, each once."""
+        time.sleep(2 * SLOW)
+        self.assertIn("hdfault: every matching fdatasync", b.log())
+        b.stop()
+        b.env = None
+        b.start()
+        got = consume(b.url()).got
+        self.assertEqual(len(got), len(set(got)), "a message twice")
+        return got
+
     def test_producer_gone_while_its_messages_wait_for_the_disk(self):
         """Producers that close their connection while their messages wait
         for a slow flush (half a second): the broker hands the outcomes to a
@@ -491,13 +504,7 @@ class FaultTest(unittest.TestCase):
         for first in range(0, 1000, 200):  # each closes 0.1 s in, long before its flush ends
             sent = produce(url, first, first + 200, window=200, limit_s=0.1)
             self.assertEqual(sent, {}, "outcomes arrived before the connection closed; the flush is not slow")
-        time.sleep(2 * SLOW)  # the last flushes complete
-        self.assertIn("hdfault: every matching fdatasync", b.log())
-        b.stop()  # SIGTERM: exit status 0, and under ASan no leak
-        b.env = None
-        b.start()
-        got = consume(b.url()).got
-        self.assertEqual(len(got), len(set(got)), "a message twice")
+        got = self.left_after_slow_flushes(b)
         self.assertEqual(got, sorted(got), "out of order")
         self.assertTrue(set(got) <= set(range(1000)))
         self.assertGreater(len(got), 0, "nothing of what was sent was stored:\n" + b.log())
@@ -524,13 +531,7 @@ class FaultTest(unittest.TestCase):
             self.assertEqual(len(g.accepted), 40, b.log())
             self.assertEqual(g.settled, 0, "a settlement arrived before the close; the flush is not slow")
             accepted += g.accepted
-        time.sleep(2 * SLOW)  # the last flushes complete
-        self.assertIn("hdfault: every matching fdatasync", b.log())
-        b.stop()  # SIGTERM: exit status 0, and under ASan no leak
-        b.env = None
-        b.start()
-        got = consume(b.url()).got
-        self.assertEqual(len(got), len(set(got)), "a message twice")
+        got = self.left_after_slow_flushes(b)
         self.assertEqual(sorted(got), sorted(set(range(300)) - set(accepted)),
                          "not exactly the messages that were not accepted:\n" + b.log())
         self.store_clean(b)
