@@ -272,7 +272,8 @@ def main():
 # message and grants 1 whenever it reaches 0; tests that count credit take
 # messages from the receiver's queue themselves instead (receiver(), take()).
 
-from proton import UNDESCRIBED, Array, Data, Message, Timeout, symbol  # noqa: E402
+from proton import UNDESCRIBED, Array, Data, Delivery, Link, Message, Timeout, symbol  # noqa: E402
+from proton.handlers import MessagingHandler  # noqa: E402
 from proton.reactor import LinkOption  # noqa: E402
 from proton.utils import BlockingConnection  # noqa: E402
 
@@ -327,6 +328,41 @@ class SharedBroker(unittest.TestCase):
         c = BlockingConnection(self.broker.url(), timeout=WAIT)
         self.conns.append(c)
         return c
+
+
+class SecondMode(LinkOption):
+    """rcv-settle-mode second: the receiver settles only after the broker
+    has, so the broker's settlement of an accept says the removal is
+    committed."""
+
+    def apply(self, link):
+        link.rcv_settle_mode = Link.RCV_SECOND
+
+
+class AcceptAndGo(MessagingHandler):
+    """Take `n` messages from `address` in rcv-settle-mode second, accept
+    each, and close the connection as soon as all are accepted, without
+    waiting for the broker's settlements.  `accepted` lists their
+    message-ids in arrival order; `settled` counts the broker's settlements
+    that came before the close."""
+
+    def __init__(self, url, address, n):
+        super().__init__(prefetch=0, auto_accept=False)
+        self.url, self.address, self.n = url, address, n
+        self.accepted, self.settled = [], 0
+
+    def on_start(self, event):
+        self.conn = event.container.connect(self.url, reconnect=False)
+        event.container.create_receiver(self.conn, self.address, options=SecondMode()).flow(self.n)
+
+    def on_message(self, event):
+        event.delivery.update(Delivery.ACCEPTED)
+        self.accepted.append(event.message.id)
+        if len(self.accepted) == self.n:
+            self.conn.close()
+
+    def on_settled(self, event):
+        self.settled += 1
 
 
 class Caps(LinkOption):

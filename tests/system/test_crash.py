@@ -34,11 +34,11 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hadron_test  # noqa: E402
-from hadron_test import Broker, HADROND, SLOW  # noqa: E402
+from hadron_test import Broker, HADROND, SecondMode, SLOW  # noqa: E402
 
-from proton import Delivery, Link, Message  # noqa: E402
+from proton import Delivery, Message  # noqa: E402
 from proton.handlers import MessagingHandler  # noqa: E402
-from proton.reactor import Container, LinkOption  # noqa: E402
+from proton.reactor import Container  # noqa: E402
 
 POWERCUT_LIB = os.environ.get("HADRON_POWERCUT_LIB", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fault", ".libs", "hdpowercut.so"))
@@ -60,13 +60,6 @@ def powercut_env(spec):
 def touch(path):
     with open(path, "w"):
         pass
-
-
-class SecondMode(LinkOption):
-    """Receiver settles after the broker: its settlement is our proof."""
-
-    def apply(self, link):
-        link.rcv_settle_mode = Link.RCV_SECOND
 
 
 class Ledger:

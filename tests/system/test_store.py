@@ -20,11 +20,11 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hadron_test  # noqa: E402
-from hadron_test import Broker, SLOW, run_hadrond  # noqa: E402
+from hadron_test import AcceptAndGo, Broker, SecondMode, SLOW, run_hadrond  # noqa: E402
 
-from proton import Delivery, Endpoint, Link, Message, Timeout, symbol  # noqa: E402
+from proton import Delivery, Endpoint, Message, Timeout, symbol  # noqa: E402
 from proton.handlers import MessagingHandler  # noqa: E402
-from proton.reactor import Container, Copy, LinkOption  # noqa: E402
+from proton.reactor import Container, Copy  # noqa: E402
 from proton.utils import BlockingConnection, LinkDetached, SendException  # noqa: E402
 
 STORE_TOOL = os.environ.get("HADRON_STORE_TOOL",
@@ -107,14 +107,6 @@ def shared_data_dir(test):
     d = tempfile.mkdtemp(prefix="hadron-store-data-")
     test.addCleanup(shutil.rmtree, d, True)
     return os.path.join(d, "data")
-
-
-class SecondMode(LinkOption):
-    """The receiver settles only after the broker has: the broker's settlement
-    of our accept says the removal is committed."""
-
-    def apply(self, link):
-        link.rcv_settle_mode = Link.RCV_SECOND
 
 
 class Client(MessagingHandler):
@@ -531,25 +523,6 @@ class Burst(MessagingHandler):
         for _ in range(self.n):
             event.sender.send(Message(body="x" * 1000, durable=True))
         self.conn.close()
-
-
-class AcceptAndGo(MessagingHandler):
-    """Take `n` messages in rcv-settle-mode second, accept each, and close
-    once all are accepted, without waiting for the broker's settlements."""
-
-    def __init__(self, url, address, n):
-        super().__init__(prefetch=0, auto_accept=False)
-        self.url, self.address, self.n, self.got = url, address, n, 0
-
-    def on_start(self, event):
-        self.conn = event.container.connect(self.url, reconnect=False)
-        event.container.create_receiver(self.conn, self.address, options=SecondMode()).flow(self.n)
-
-    def on_message(self, event):
-        event.delivery.update(Delivery.ACCEPTED)
-        self.got += 1
-        if self.got == self.n:
-            self.conn.close()
 
 
 class StopAndFlushTest(unittest.TestCase):

@@ -22,24 +22,17 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hadron_test  # noqa: E402
-from hadron_test import Broker, SANITIZED, SLOW, HADROND  # noqa: E402
+from hadron_test import AcceptAndGo, Broker, SANITIZED, SecondMode, SLOW, HADROND  # noqa: E402
 
-from proton import Delivery, Link, Message  # noqa: E402
+from proton import Delivery, Message  # noqa: E402
 from proton.handlers import MessagingHandler  # noqa: E402
-from proton.reactor import Container, LinkOption  # noqa: E402
+from proton.reactor import Container  # noqa: E402
 
 FAULT_LIB = os.environ.get("HADRON_FAULT_LIB", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fault", ".libs", "hdfault.so"))
 STORE_TOOL = os.environ.get("HADRON_STORE_TOOL", os.path.join(os.path.dirname(HADROND), "hadron-store"))
 ADDRESS = "fault.q"
 BODY = "b" * 1000
-
-
-class SecondMode(LinkOption):
-    """The broker settles a consumer's accept once the store has it."""
-
-    def apply(self, link):
-        link.rcv_settle_mode = Link.RCV_SECOND
 
 
 class Producer(MessagingHandler):
@@ -526,39 +519,15 @@ class FaultTest(unittest.TestCase):
         self.fire(b)
         accepted = []
         for _ in range(5):
-            g = AcceptAndGo(url, 40)
+            g = AcceptAndGo(url, ADDRESS, 40)
             Container(g).run()
             self.assertEqual(len(g.accepted), 40, b.log())
             self.assertEqual(g.settled, 0, "a settlement arrived before the close; the flush is not slow")
-            accepted += g.accepted
+            accepted += [int(i) for i in g.accepted]
         got = self.left_after_slow_flushes(b)
         self.assertEqual(sorted(got), sorted(set(range(300)) - set(accepted)),
                          "not exactly the messages that were not accepted:\n" + b.log())
         self.store_clean(b)
-
-
-class AcceptAndGo(MessagingHandler):
-    """Take `n` messages in rcv-settle-mode second, accept each, and close
-    the connection as soon as all are accepted, without waiting for the
-    broker's settlements; `settled` counts those that came before."""
-
-    def __init__(self, url, n):
-        super().__init__(prefetch=0, auto_accept=False, auto_settle=False)
-        self.url, self.n = url, n
-        self.accepted, self.settled = [], 0
-
-    def on_start(self, event):
-        self.conn = event.container.connect(self.url, reconnect=False)
-        event.container.create_receiver(self.conn, ADDRESS, options=SecondMode()).flow(self.n)
-
-    def on_message(self, event):
-        event.delivery.update(Delivery.ACCEPTED)
-        self.accepted.append(int(event.message.id))
-        if len(self.accepted) == self.n:
-            self.conn.close()
-
-    def on_settled(self, event):
-        self.settled += 1
 
 
 class FirstModeDrain(MessagingHandler):
